@@ -1,0 +1,279 @@
+"""`fleet` — run, feed and inspect the fleet's workers.
+
+Every command reads the same `FLEET_*` settings; point `FLEET_ENDPOINT_URL` at LocalStack or moto, or
+leave it unset for real AWS. `fleet up --embedded` and `fleet demo` start their own emulator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from shared.logs import configure_logging
+from shared.settings import ConfigError, FleetSettings, load_settings
+
+console = Console(stderr=False, highlight=False)
+
+
+def _settings(**overrides: Any) -> FleetSettings:
+    settings = load_settings(**overrides)
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+def _run(coro: Coroutine[Any, Any, int]) -> int:
+    return asyncio.run(coro)
+
+
+# --- worker / up ---------------------------------------------------------------------------------------
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from shared.app import run_workers
+
+    settings = _settings()
+    names = ["sync", "download"] if args.name == "media-sync" else [args.name]
+    _check_workers(names)
+    return _run(_ret0(run_workers(settings, names, burst=args.burst)))
+
+
+async def _ret0(coro: Coroutine[Any, Any, Any]) -> int:
+    await coro
+    return 0
+
+
+def _check_workers(names: list[str]) -> None:
+    from workers import REGISTRY, worker_names
+
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown:
+        raise SystemExit(f"fleet: unknown worker {', '.join(unknown)}; known: {', '.join(worker_names())}")
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from shared.app import run_workers
+    from workers import worker_names
+
+    names = args.workers.split(",") if args.workers else worker_names()
+    _check_workers(names)
+
+    async def up(settings: FleetSettings) -> int:
+        await _bootstrap(settings, quiet=True)
+        console.print(f"[bold]fleet up[/]: {len(names)} workers ({', '.join(names)}) — Ctrl-C to stop")
+        await run_workers(settings, names)
+        return 0
+
+    if args.embedded:
+        return _with_embedded(up)
+    return _run(up(_settings()))
+
+
+def _with_embedded(main: Callable[[FleetSettings], Coroutine[Any, Any, int]]) -> int:
+    from shared.emulator import EmbeddedAws, endpoint_env
+
+    with EmbeddedAws(mode="thread") as aws, endpoint_env(aws.url):
+        console.print(f"embedded AWS emulator (moto) at [bold]{aws.url}[/]")
+        return _run(main(_settings(endpoint_url=aws.url)))
+
+
+# --- bootstrap -----------------------------------------------------------------------------------------
+
+
+async def _bootstrap(settings: FleetSettings, *, quiet: bool = False) -> int:
+    from shared.bootstrap import Bootstrapper, Change
+    from shared.clients import AwsClients
+    from shared.resources import declare
+
+    def show(change: Change) -> None:
+        if not quiet:
+            colour = {"created": "green", "updated": "yellow"}.get(change.action, "dim")
+            console.print(f"  [{colour}]{change.action:<9}[/] {change.kind:<7} {change.name}")
+
+    async with AwsClients(settings) as aws:
+        changes = await Bootstrapper(aws).run(declare(settings), progress=show)
+    counts = {a: sum(c.action == a for c in changes) for a in ("created", "updated", "unchanged")}
+    if not quiet:
+        console.print(", ".join(f"{n} {a}" for a, n in counts.items()))
+    return 0
+
+
+def cmd_bootstrap(args: argparse.Namespace) -> int:
+    settings = _settings()
+    if args.print:
+        from shared.resources import as_json, declare
+
+        print(json.dumps(as_json(declare(settings)), indent=2))
+        return 0
+    return _run(_bootstrap(settings))
+
+
+# --- submit / status -----------------------------------------------------------------------------------
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from shared.app import open_services
+
+    settings = _settings()
+
+    async def submit() -> int:
+        async with open_services(settings) as services:
+            job_id = await args.submit(args, services)
+        print(job_id)
+        return 0
+
+    return _run(submit())
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from shared.app import open_services
+
+    settings = _settings()
+
+    async def status() -> int:
+        async with open_services(settings) as services:
+            job = await services.jobs.get(args.id)
+        if job is None:
+            console.print(f"no job {args.id}")
+            return 1
+        render_job(job)
+        return 0
+
+    return _run(status())
+
+
+def render_job(job: dict[str, Any]) -> None:
+    console.print(
+        f"[bold]job {job['execution_id']}[/]  kind={job.get('kind', '-')}  status={job.get('status', '-')}"
+    )
+    table = Table("at", "stage", "status", "detail")
+    for entry in job.get("history", []):
+        detail = {k: v for k, v in entry.items() if k not in ("at", "stage", "status")}
+        table.add_row(
+            str(entry.get("at", "")),
+            str(entry.get("stage", "")),
+            str(entry.get("status", "")),
+            ", ".join(f"{k}={v}" for k, v in detail.items()),
+        )
+    console.print(table)
+
+
+# --- dlq / health --------------------------------------------------------------------------------------
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from shared.app import open_services
+    from shared.dlq import peek, redrive
+
+    settings = _settings()
+
+    async def dlq() -> int:
+        async with open_services(settings) as services:
+            sqs = services.aws.sqs
+            source = settings.queue(args.name) if hasattr(settings.queues, args.name) else args.name
+            source_url = (await sqs.get_queue_url(QueueName=source))["QueueUrl"]
+            dlq_url = (await sqs.get_queue_url(QueueName=f"{source}-dlq"))["QueueUrl"]
+            if args.redrive:
+                moved = await redrive(sqs, dlq_url, source_url)
+                console.print(f"moved {moved} messages from {source}-dlq back to {source}")
+                return 0
+            letters = await peek(sqs, dlq_url, args.limit)
+        table = Table("message id", "worker", "attempts", "code", "reason", "body")
+        for d in letters:
+            table.add_row(d.message_id[:8], d.worker, d.attempts, d.code, d.error, d.body[:60])
+        console.print(f"[bold]{source}-dlq[/]: {len(letters)} dead letters")
+        console.print(table)
+        return 0
+
+    return _run(dlq())
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from shared.health import check_health
+
+    settings = load_settings()
+    ok, detail = check_health(settings.health_dir, args.name, max_age=args.max_age)
+    print(f"{args.name}: {'healthy' if ok else 'unhealthy'} — {detail}")
+    return 0 if ok else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from shared.demo import run_demo
+
+    return _with_embedded(lambda settings: run_demo(settings, console))
+
+
+# --- parser --------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from workers import add_submit_commands, worker_names
+
+    parser = argparse.ArgumentParser(
+        prog="fleet",
+        description=(
+            "Long-running asyncio workers for AWS pipelines. Settings come from FLEET_* environment "
+            "variables (see README); FLEET_ENDPOINT_URL points at LocalStack or moto."
+        ),
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("worker", help="run one worker until SIGTERM/SIGINT (drains in-flight messages)")
+    p.add_argument("name", help=f"one of: {', '.join([*worker_names(), 'media-sync'])}")
+    p.add_argument("--burst", action="store_true", help="exit once the queue stays empty")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("up", help="bootstrap and run every worker in one process until Ctrl-C")
+    p.add_argument("--embedded", action="store_true", help="start an embedded AWS emulator (moto) first")
+    p.add_argument("--workers", help="comma-separated subset of workers")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("bootstrap", help="create every queue, bucket, table... idempotently")
+    p.add_argument("--print", action="store_true", help="print the declared resources as JSON instead")
+    p.set_defaults(func=cmd_bootstrap)
+
+    p = sub.add_parser("submit", help="put a job on its queue and print its id")
+    add_submit_commands(p.add_subparsers(dest="kind", required=True, metavar="KIND"))
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("status", help="show a job's stage history")
+    p.add_argument("id")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("dlq", help="show a queue's dead letters with their reasons, or move them back")
+    p.add_argument("name", help="queue key (ingest, clips, echo, ...) or full queue name")
+    p.add_argument("--redrive", action="store_true", help="move every dead letter back to its queue")
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=cmd_dlq)
+
+    p = sub.add_parser("health", help="exit 0 if the worker's heartbeat is fresh (container health check)")
+    p.add_argument("name")
+    p.add_argument("--max-age", type=float, default=30.0, help="seconds a heartbeat stays valid")
+    p.set_defaults(func=cmd_health)
+
+    p = sub.add_parser("demo", help="run the fleet end to end on an embedded emulator and print a summary")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"fleet: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

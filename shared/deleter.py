@@ -1,0 +1,92 @@
+"""Batched `DeleteMessageBatch`: successes from concurrent handlers share calls of up to 10 entries."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from types_aiobotocore_sqs import SQSClient
+
+log = logging.getLogger("fleet.runtime")
+
+SQS_BATCH = 10
+
+
+class BatchDeleter:
+    """`await deleter.delete(receipt)` returns once the message is deleted (or the delete failed for good).
+
+    A delete waits at most `linger` seconds for companions; a full batch goes at once.
+    """
+
+    def __init__(self, sqs: SQSClient, queue_url: str, *, linger: float = 0.02) -> None:
+        self._sqs = sqs
+        self._url = queue_url
+        self._linger = linger
+        self._pending: asyncio.Queue[tuple[str, asyncio.Future[bool]]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self.deleted = 0
+        self.failed = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="fleet-deleter")
+
+    async def delete(self, receipt_handle: str) -> bool:
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        await self._pending.put((receipt_handle, future))
+        return await future
+
+    async def close(self) -> None:
+        """Flush what is queued, then stop."""
+        if self._task is None:
+            return
+        await self._pending.join()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._pending.get()]
+            deadline = asyncio.get_running_loop().time() + self._linger
+            while len(batch) < SQS_BATCH:
+                timeout = deadline - asyncio.get_running_loop().time()
+                if timeout <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._pending.get(), timeout))
+                except TimeoutError:
+                    break
+            try:
+                await self._flush(batch)
+            finally:
+                for _ in batch:
+                    self._pending.task_done()
+
+    async def _flush(self, batch: list[tuple[str, asyncio.Future[bool]]]) -> None:
+        entries = [{"Id": str(i), "ReceiptHandle": handle} for i, (handle, _) in enumerate(batch)]
+        try:
+            resp = await self._sqs.delete_message_batch(QueueUrl=self._url, Entries=entries)  # type: ignore[arg-type]
+            failed: dict[str, Any] = {f["Id"]: f for f in resp.get("Failed", [])}
+        except Exception as exc:
+            log.warning("delete batch failed; retrying one by one", extra={"error": str(exc)})
+            failed = {e["Id"]: {"Id": e["Id"], "Message": str(exc)} for e in entries}
+        for i, (handle, future) in enumerate(batch):
+            ok = str(i) not in failed or await self._delete_one(
+                handle, str(failed[str(i)].get("Message", ""))
+            )
+            self.deleted += ok
+            self.failed += not ok
+            if not future.done():
+                future.set_result(ok)
+
+    async def _delete_one(self, handle: str, first_error: str) -> bool:
+        try:
+            await self._sqs.delete_message(QueueUrl=self._url, ReceiptHandle=handle)
+            return True
+        except Exception as exc:
+            # The message will be delivered again after its visibility timeout: handlers are idempotent.
+            log.error("delete failed; message will be redelivered", extra={"error": f"{first_error}; {exc}"})
+            return False

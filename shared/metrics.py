@@ -1,0 +1,125 @@
+"""Metrics as CloudWatch Embedded Metric Format lines (default) or batched PutMetricData calls.
+
+EMF costs no API call: the awslogs driver ships stdout to CloudWatch Logs, which extracts the metrics.
+`cloudwatch` mode is for places without that pipeline (and for reading metrics back from an emulator).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import IO, TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from types_aiobotocore_cloudwatch import CloudWatchClient
+    from types_aiobotocore_cloudwatch.type_defs import MetricDatumTypeDef
+
+log = logging.getLogger("fleet.metrics")
+
+Unit = Literal["Count", "Seconds", "Milliseconds", "Bytes", "None", "Percent"]
+PUT_BATCH = 1000  # PutMetricData accepts up to 1,000 metrics per call
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    value: float
+    unit: Unit = "Count"
+    dimensions: Mapping[str, str] = field(default_factory=dict)
+    timestamp: float = field(default_factory=time.time)
+
+
+class Metrics:
+    """A sink for metrics; `emit` never raises — metrics are nice-to-have."""
+
+    def __init__(
+        self,
+        mode: Literal["emf", "cloudwatch", "off"],
+        namespace: str,
+        *,
+        cloudwatch: CloudWatchClient | None = None,
+        stream: IO[str] | None = None,
+        flush_every: float = 10.0,
+    ) -> None:
+        if mode == "cloudwatch" and cloudwatch is None:
+            raise ValueError("metrics mode 'cloudwatch' needs a CloudWatch client")
+        self.mode = mode
+        self.namespace = namespace
+        self._cloudwatch = cloudwatch
+        self._stream = stream
+        self._buffer: list[Metric] = []
+        self._flush_every = flush_every
+        self._last_flush = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def emit(self, *metrics: Metric) -> bool:
+        if self.mode == "off" or not metrics:
+            return True
+        if self.mode == "emf":
+            for line in emf_lines(self.namespace, metrics):
+                print(line, file=self._stream or sys.stdout, flush=True)
+            return True
+        self._buffer.extend(metrics)
+        if len(self._buffer) >= PUT_BATCH or time.monotonic() - self._last_flush >= self._flush_every:
+            return await self.flush()
+        return True
+
+    async def flush(self) -> bool:
+        if self.mode != "cloudwatch" or self._cloudwatch is None:
+            return True
+        async with self._lock:
+            pending, self._buffer = self._buffer, []
+            self._last_flush = time.monotonic()
+            ok = True
+            for start in range(0, len(pending), PUT_BATCH):
+                chunk = pending[start : start + PUT_BATCH]
+                try:
+                    await self._cloudwatch.put_metric_data(
+                        Namespace=self.namespace, MetricData=[_datum(m) for m in chunk]
+                    )
+                except Exception as exc:
+                    ok = False
+                    log.warning("metrics not recorded", extra={"error": str(exc), "dropped": len(chunk)})
+            return ok
+
+
+def _datum(metric: Metric) -> MetricDatumTypeDef:
+    return {
+        "MetricName": metric.name,
+        "Value": metric.value,
+        "Unit": metric.unit,
+        "Timestamp": datetime.fromtimestamp(metric.timestamp, UTC),
+        "Dimensions": [{"Name": k, "Value": v} for k, v in metric.dimensions.items()],
+    }
+
+
+def emf_lines(namespace: str, metrics: tuple[Metric, ...] | list[Metric]) -> list[str]:
+    """One EMF document per distinct dimension set (EMF requires one value per metric name per set)."""
+    groups: dict[tuple[tuple[str, str], ...], list[Metric]] = {}
+    for metric in metrics:
+        groups.setdefault(tuple(sorted(metric.dimensions.items())), []).append(metric)
+    lines = []
+    for dims, group in groups.items():
+        doc: dict[str, Any] = {
+            "_aws": {
+                "Timestamp": int(group[0].timestamp * 1000),
+                "CloudWatchMetrics": [
+                    {
+                        "Namespace": namespace,
+                        "Dimensions": [[k for k, _ in dims]],
+                        "Metrics": [{"Name": m.name, "Unit": m.unit} for m in group],
+                    }
+                ],
+            },
+            **dict(dims),
+        }
+        for m in group:
+            doc[m.name] = m.value
+        lines.append(json.dumps(doc))
+    return lines

@@ -1,0 +1,174 @@
+"""One settings object for the whole fleet, read from `FLEET_*` environment variables.
+
+Nested values use `__`: `FLEET_WORKERS__CLIPS__CONCURRENCY=2`, `FLEET_QUEUES__INGEST=my-ingest`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Self
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# SQS redrive safety net: a message received this many times goes to the DLQ even if no worker
+# could record why (a crash loop). The runtime dead-letters earlier, with the reason attached.
+REDRIVE_MAX_RECEIVE_COUNT = 5
+
+
+class WorkerTuning(BaseModel):
+    """How one worker consumes its queue."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    concurrency: int = Field(10, ge=1, le=1000, description="messages handled at once")
+    batch_size: int = Field(10, ge=1, le=10, description="messages per ReceiveMessage")
+    wait_time_seconds: int = Field(20, ge=0, le=20, description="long-poll wait")
+    visibility_timeout: int = Field(
+        30, ge=1, le=43_200, description="seconds a received message stays hidden"
+    )
+    heartbeat_interval: float | None = Field(
+        None, gt=0, description="seconds between visibility extensions (default: a third of the timeout)"
+    )
+    handler_timeout: float = Field(
+        900.0, gt=0, description="a handler running longer is cancelled and retried"
+    )
+    max_attempts: int = Field(5, ge=1, le=REDRIVE_MAX_RECEIVE_COUNT)
+    backoff_base: float = Field(2.0, ge=0, description="first retry delay, seconds; doubles per attempt")
+    backoff_max: float = Field(900.0, ge=0, le=43_200)
+    drain_timeout: float = Field(
+        25.0, ge=0, le=120, description="seconds to finish in-flight work on SIGTERM"
+    )
+    burst_idle_seconds: float = Field(
+        2.0, ge=0, description="in --burst mode, exit after the queue stayed empty this long"
+    )
+
+    @model_validator(mode="after")
+    def _heartbeat_below_visibility(self) -> Self:
+        if self.heartbeat_interval is not None and self.heartbeat_interval >= self.visibility_timeout:
+            raise ValueError(
+                f"heartbeat_interval ({self.heartbeat_interval}s) must be shorter than "
+                f"visibility_timeout ({self.visibility_timeout}s), or messages expire between beats"
+            )
+        return self
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        return self.heartbeat_interval or max(0.5, self.visibility_timeout / 3)
+
+    @property
+    def pool_size(self) -> int:
+        # Long polls, heartbeats, deletes and the handler's own calls share one pool:
+        # botocore's default of 10 would serialise them.
+        return self.concurrency * 2 + 10
+
+
+class QueueNames(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ingest: str = "fleet-ingest"
+    compact: str = "fleet-compact"
+    events: str = "fleet-events"
+    sync: str = "fleet-sync"
+    download: str = "fleet-download"
+    clips: str = "fleet-clips"
+    finalize: str = "fleet-finalize"
+    echo: str = "fleet-echo"
+
+
+class BucketNames(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    landing: str = "fleet-landing"
+    lake: str = "fleet-lake"
+    media: str = "fleet-media"
+
+
+class TableNames(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    files: str = "fleet-files"
+    metrics: str = "fleet-metrics"
+    sync: str = "fleet-sync"
+    clips: str = "fleet-clips"
+    jobs: str = "fleet-jobs"
+    leases: str = "fleet-leases"
+
+
+class FleetSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FLEET_", env_nested_delimiter="__", extra="ignore", validate_default=True
+    )
+
+    region: str = Field("us-east-1", validation_alias=AliasChoices("FLEET_REGION", "AWS_DEFAULT_REGION"))
+    endpoint_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("FLEET_ENDPOINT_URL", "AWS_ENDPOINT_URL"),
+        description="unset = real AWS; set for LocalStack or moto",
+    )
+    prefix: str = Field("", pattern=r"^[A-Za-z0-9_-]{0,20}$", description="prepended to every resource name")
+    environment: str = Field("local", max_length=64)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+    metrics_mode: Literal["emf", "cloudwatch", "off"] = "emf"
+    metrics_namespace: str = "Fleet"
+    health_dir: str = "/tmp/fleet-health"
+
+    queues: QueueNames = QueueNames()
+    buckets: BucketNames = BucketNames()
+    tables: TableNames = TableNames()
+    stream_events: str = "fleet-events"
+    stream_shards: int = Field(2, ge=1, le=64)
+    topic_notifications: str = "fleet-notifications"
+    bus_alerts: str = "fleet-alerts"
+    secret_media_provider: str = "fleet/media-provider"
+
+    defaults: WorkerTuning = WorkerTuning()
+    workers: dict[str, dict[str, object]] = Field(
+        default_factory=dict, description="per-worker overrides of `defaults`, by worker name"
+    )
+
+    @model_validator(mode="after")
+    def _overrides_are_valid(self) -> Self:
+        for worker in self.workers:
+            self.tuning(worker)  # raises a ValidationError naming the bad field
+        return self
+
+    @model_validator(mode="after")
+    def _endpoint_is_url(self) -> Self:
+        if self.endpoint_url is not None and not self.endpoint_url.startswith(("http://", "https://")):
+            raise ValueError(f"endpoint_url must start with http:// or https://, got {self.endpoint_url!r}")
+        return self
+
+    def tuning(self, worker: str) -> WorkerTuning:
+        overrides = self.workers.get(worker, {})
+        return WorkerTuning.model_validate({**self.defaults.model_dump(), **overrides})
+
+    def name(self, raw: str) -> str:
+        return f"{self.prefix}{raw}"
+
+    def queue(self, key: str) -> str:
+        return self.name(getattr(self.queues, key))
+
+    def bucket(self, key: str) -> str:
+        return self.name(getattr(self.buckets, key))
+
+    def table(self, key: str) -> str:
+        return self.name(getattr(self.tables, key))
+
+
+class ConfigError(Exception):
+    """Settings that cannot work; raised at start-up with every problem listed."""
+
+
+def load_settings(**overrides: object) -> FleetSettings:
+    try:
+        return FleetSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = "FLEET_" + "__".join(str(p).upper() for p in err["loc"]) if err["loc"] else "settings"
+            problems.append(f"  {where}: {err['msg']}")
+        raise ConfigError("invalid configuration:\n" + "\n".join(problems)) from None
+
+
+def ceil_seconds(value: float) -> int:
+    """SQS takes whole seconds; round up so a delay is never shorter than asked."""
+    return max(0, math.ceil(value))

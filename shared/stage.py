@@ -1,0 +1,117 @@
+"""What a stage is: a message model and one async `handle()`; and what it is handed."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from shared.envelope import unwrap
+from shared.errors import Poison
+
+if TYPE_CHECKING:
+    from types_aiobotocore_sqs.type_defs import MessageTypeDef
+
+    from shared.clients import AwsClients
+    from shared.jobs import JobStore
+    from shared.metrics import Metrics
+    from shared.settings import FleetSettings, WorkerTuning
+
+M = TypeVar("M", bound=BaseModel)
+
+JOB_ID_ATTRIBUTE = "fleet.job-id"
+
+
+@dataclass(frozen=True)
+class Message:
+    """One received SQS message, as the runtime sees it."""
+
+    id: str
+    receipt_handle: str
+    body: str
+    receive_count: int
+    sent_at: float | None
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_sqs(cls, raw: MessageTypeDef) -> Message:
+        system = raw.get("Attributes", {})
+        sent = system.get("SentTimestamp")
+        return cls(
+            id=raw["MessageId"],
+            receipt_handle=raw["ReceiptHandle"],
+            body=raw.get("Body", ""),
+            receive_count=int(system.get("ApproximateReceiveCount", "1")),
+            sent_at=int(sent) / 1000 if sent else None,
+            attributes=dict(raw.get("MessageAttributes", {})),
+        )
+
+    def attribute(self, name: str) -> str | None:
+        value = self.attributes.get(name)
+        return str(value.get("StringValue")) if isinstance(value, dict) and "StringValue" in value else None
+
+    @property
+    def job_id(self) -> str | None:
+        return self.attribute(JOB_ID_ATTRIBUTE)
+
+    @property
+    def lag_seconds(self) -> float | None:
+        return max(0.0, time.time() - self.sent_at) if self.sent_at else None
+
+
+@dataclass
+class Services:
+    """Everything long-lived a stage may use, opened once per process."""
+
+    settings: FleetSettings
+    aws: AwsClients
+    metrics: Metrics
+    jobs: JobStore
+
+
+@dataclass
+class Context:
+    worker: str
+    message: Message
+    services: Services
+    tuning: WorkerTuning
+
+    @property
+    def attempt(self) -> int:
+        return self.message.receive_count
+
+    @property
+    def job_id(self) -> str | None:
+        return self.message.job_id
+
+
+class Stage(Protocol[M]):
+    """A pipeline stage. `name` is the worker name; `queue` the key of its queue in settings.
+
+    `parse` turns a raw body into the stage's message or raises `Poison`; `handle` does the work and
+    raises `Retry`/`Fatal` (or anything else, treated as retryable) to say how it failed.
+    """
+
+    name: str
+    queue: str
+
+    def parse(self, body: str) -> M: ...
+
+    async def handle(self, message: M, ctx: Context) -> None: ...
+
+
+def validate(model: type[M], body: Any) -> M:
+    """Validate a parsed body against a stage's model; a failure is a poison message."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise Poison(f"invalid message: {where}: {first['msg']}{more}", code="INVALID") from None
+
+
+def parse_body(model: type[M], body: str) -> M:
+    return validate(model, unwrap(body))
