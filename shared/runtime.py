@@ -32,7 +32,7 @@ from shared.health import HealthState, write_health
 from shared.logs import log_context
 from shared.middleware import Middleware, Outcome, default_middleware
 from shared.settings import WorkerTuning, ceil_seconds
-from shared.stage import Context, Message, Services, Stage
+from shared.stage import Context, Message, Services, Stage, Ticking
 
 if TYPE_CHECKING:
     from types_aiobotocore_sqs.type_defs import MessageAttributeValueTypeDef, MessageTypeDef
@@ -98,6 +98,7 @@ class Worker:
         self._stop_now = asyncio.Event()
         self._last_poll = time.time()
         self._status = "starting"
+        self._tick_pending = False
 
     @classmethod
     async def create(cls, stage: Stage[Any], services: Services, **kwargs: Any) -> Worker:
@@ -121,6 +122,7 @@ class Worker:
                 loop.add_signal_handler(sig, self.stop)
         self._deleter.start()
         health = asyncio.create_task(self._health_loop(), name="fleet-health")
+        ticker = asyncio.create_task(self._tick_loop()) if isinstance(self.stage, Ticking) else None
         with log_context(worker=self.name):
             log.info(
                 "worker started",
@@ -135,6 +137,10 @@ class Worker:
                 await self._receive_loop()
             finally:
                 self._status = "draining"
+                if ticker:
+                    ticker.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await ticker
                 await self._drain()
                 await self._deleter.close()
                 await self.services.metrics.flush()
@@ -173,6 +179,7 @@ class Worker:
                 idle_since = idle_since or time.monotonic()
                 if (
                     not self._tasks
+                    and not self._tick_pending
                     and time.monotonic() - idle_since >= self.tuning.burst_idle_seconds
                     and await self._queue_is_empty()
                 ):
@@ -392,6 +399,19 @@ class Worker:
             await asyncio.gather(*pending, return_exceptions=True)
         if self._settling:
             await asyncio.gather(*self._settling, return_exceptions=True)
+
+    # --- time-driven work -------------------------------------------------------------------------
+
+    async def _tick_loop(self) -> None:
+        assert isinstance(self.stage, Ticking)
+        while True:
+            with log_context(worker=self.name):
+                try:
+                    self._tick_pending = await self.stage.tick()
+                except Exception as exc:
+                    self._tick_pending = True
+                    log.warning("tick failed", extra={"error": str(exc)}, exc_info=exc)
+            await asyncio.sleep(self.stage.tick_interval)
 
     # --- health ----------------------------------------------------------------------------------
 

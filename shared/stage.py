@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
 
@@ -100,6 +100,19 @@ class Stage(Protocol[M]):
     def parse(self, body: str) -> M: ...
 
     async def handle(self, message: M, ctx: Context) -> None: ...
+
+
+@runtime_checkable
+class Ticking(Protocol):
+    """A stage with time-driven work (flush a partial batch, sweep an outbox) besides its messages.
+
+    The runtime calls `tick()` every `tick_interval` seconds while the worker runs. It returns True
+    while work is still pending, so a `--burst` worker does not exit before that work is done.
+    """
+
+    tick_interval: float
+
+    async def tick(self) -> bool: ...
 
 
 def validate(model: type[M], body: Any) -> M:
