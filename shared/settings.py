@@ -8,7 +8,16 @@ from __future__ import annotations
 import math
 from typing import Literal, Self
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # SQS redrive safety net: a message received this many times goes to the DLQ even if no worker
@@ -125,11 +134,23 @@ class FleetSettings(BaseSettings):
         default_factory=dict, description="per-worker overrides of `defaults`, by worker name"
     )
 
-    @model_validator(mode="after")
-    def _overrides_are_valid(self) -> Self:
-        for worker in self.workers:
-            self.tuning(worker)  # raises a ValidationError naming the bad field
-        return self
+    @field_validator("workers")
+    @classmethod
+    def _overrides_are_valid(
+        cls, workers: dict[str, dict[str, object]], info: ValidationInfo
+    ) -> dict[str, dict[str, object]]:
+        defaults = info.data.get("defaults", WorkerTuning())
+        problems = []
+        for worker, overrides in workers.items():
+            try:
+                WorkerTuning.model_validate({**defaults.model_dump(), **overrides})
+            except ValidationError as exc:
+                for err in exc.errors():
+                    field = ".".join(str(p) for p in err["loc"])
+                    problems.append(f"{worker}: {field + ': ' if field else ''}{err['msg']}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return workers
 
     @model_validator(mode="after")
     def _endpoint_is_url(self) -> Self:
@@ -165,7 +186,7 @@ def load_settings(**overrides: object) -> FleetSettings:
         problems = []
         for err in exc.errors():
             where = "FLEET_" + "__".join(str(p).upper() for p in err["loc"]) if err["loc"] else "settings"
-            problems.append(f"  {where}: {err['msg']}")
+            problems.append(f"  {where}: {err['msg'].removeprefix('Value error, ')}")
         raise ConfigError("invalid configuration:\n" + "\n".join(problems)) from None
 
 

@@ -93,3 +93,9 @@ async def fleet(services: Services) -> Services:
     """Services with every declared resource created under the test's prefix."""
     await Bootstrapper(services.aws).run(declare(services.settings))
     return services
+
+
+@pytest.fixture
+async def fleet_services(fleet: Services) -> Services:
+    """Alias of `fleet` for modules where `fleet` names a helper."""
+    return fleet

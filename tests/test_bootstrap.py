@@ -1,0 +1,98 @@
+"""`fleet bootstrap`: every declared resource, created once; a second run changes nothing."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import unquote_plus
+
+from shared.bootstrap import Bootstrapper
+from shared.resources import QueueSpec, declare
+from shared.stage import Services
+
+
+async def test_bootstrap_creates_everything_then_is_a_no_op(services: Services) -> None:
+    # Given an empty account (fresh prefix)
+    specs = declare(services.settings)
+
+    # When bootstrap runs twice
+    first = await Bootstrapper(services.aws).run(specs)
+    second = await Bootstrapper(services.aws).run(specs)
+
+    # Then the first run created every resource and the second changed nothing
+    assert {c.action for c in first} == {"created"}
+    assert len(first) == len(specs)
+    assert {c.action for c in second} == {"unchanged"}, [c for c in second if c.action != "unchanged"]
+
+
+async def test_queues_have_their_dlq_with_redrive_after_5_receives(fleet: Services) -> None:
+    # Given a bootstrapped fleet
+    sqs = fleet.aws.sqs
+    for spec in declare(fleet.settings):
+        if not isinstance(spec, QueueSpec):
+            continue
+        # When the queue's attributes are read back
+        url = (await sqs.get_queue_url(QueueName=spec.name))["QueueUrl"]
+        attrs = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"]))["Attributes"]
+        dlq_url = (await sqs.get_queue_url(QueueName=f"{spec.name}-dlq"))["QueueUrl"]
+        dlq_arn = (await sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"]))[
+            "Attributes"
+        ]
+        # Then it redrives to its own DLQ after 5 receives
+        redrive = json.loads(attrs["RedrivePolicy"])
+        assert redrive["deadLetterTargetArn"] == dlq_arn["QueueArn"]
+        assert int(redrive["maxReceiveCount"]) == 5
+
+
+async def test_a_drifted_queue_is_corrected(fleet: Services) -> None:
+    # Given someone changed a queue's visibility timeout by hand
+    sqs = fleet.aws.sqs
+    url = (await sqs.get_queue_url(QueueName=fleet.settings.queue("clips")))["QueueUrl"]
+    await sqs.set_queue_attributes(QueueUrl=url, Attributes={"VisibilityTimeout": "7"})
+
+    # When bootstrap runs again
+    changes = await Bootstrapper(fleet.aws).run(declare(fleet.settings))
+
+    # Then exactly that queue is reported updated and restored
+    assert [(c.name, c.action) for c in changes if c.action != "unchanged"] == [
+        (fleet.settings.queue("clips"), "updated")
+    ]
+    attrs = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["VisibilityTimeout"]))["Attributes"]
+    assert attrs["VisibilityTimeout"] == "30"
+
+
+async def test_landing_uploads_notify_the_ingest_queue(fleet: Services) -> None:
+    # Given a bootstrapped fleet
+    s = fleet.settings
+    # When a file lands under incoming/
+    await fleet.aws.s3.put_object(
+        Bucket=s.bucket("landing"), Key="incoming/2026-11-24/a b.ndjson", Body=b"{}\n"
+    )
+
+    # Then an S3 ObjectCreated notification reaches fleet-ingest
+    sqs = fleet.aws.sqs
+    url = (await sqs.get_queue_url(QueueName=s.queue("ingest")))["QueueUrl"]
+    records = []
+    for _ in range(5):
+        resp = await sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
+        for m in resp.get("Messages", []):
+            records += json.loads(m["Body"]).get("Records", [])
+        if records:
+            break
+    assert records and records[0]["eventName"].startswith("ObjectCreated")
+    # (URL-encoded with + for spaces, as S3 does; moto also encodes the slashes)
+    assert unquote_plus(records[0]["s3"]["object"]["key"]) == "incoming/2026-11-24/a b.ndjson"
+
+
+async def test_clip_events_on_the_default_bus_reach_the_clips_queue(fleet: Services) -> None:
+    # Given a bootstrapped fleet
+    s = fleet.settings
+    # When a "Begin Clip Generation" event is put on the default bus
+    await fleet.aws.events.put_events(
+        Entries=[{"Source": "studio", "DetailType": "Begin Clip Generation", "Detail": json.dumps({"x": 1})}]
+    )
+    # Then it arrives on fleet-clips
+    sqs = fleet.aws.sqs
+    url = (await sqs.get_queue_url(QueueName=s.queue("clips")))["QueueUrl"]
+    resp = await sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=1, WaitTimeSeconds=2)
+    (msg,) = resp["Messages"]
+    assert json.loads(msg["Body"])["detail-type"] == "Begin Clip Generation"
