@@ -21,9 +21,7 @@ log = logging.getLogger("fleet")
 
 @contextlib.asynccontextmanager
 async def open_services(settings: FleetSettings, *, pool_size: int = 20) -> AsyncIterator[Services]:
-    async with AwsClients(
-        settings, pool_size=pool_size, read_timeout=settings.defaults.wait_time_seconds + 40
-    ) as aws:
+    async with AwsClients(settings, pool_size=pool_size, read_timeout=settings.defaults.wait_time_seconds + 40) as aws:
         metrics = Metrics(
             settings.metrics_mode,
             settings.metrics_namespace,

@@ -55,9 +55,7 @@ class Bootstrapper:
         self.aws = aws
         self._queue_arns: dict[str, str] = {}
 
-    async def run(
-        self, specs: Iterable[Spec], progress: Callable[[Change], None] | None = None
-    ) -> list[Change]:
+    async def run(self, specs: Iterable[Spec], progress: Callable[[Change], None] | None = None) -> list[Change]:
         changes = []
         # Queues first: buckets and rules point at them.
         ordered = sorted(specs, key=lambda s: 0 if isinstance(s, QueueSpec) else 1)
@@ -117,9 +115,7 @@ class Bootstrapper:
         return "updated"
 
     async def _queue(self, spec: QueueSpec) -> str:
-        dlq_action = await self._ensure_queue(
-            spec.dlq, {"MessageRetentionPeriod": str(DLQ_RETENTION_SECONDS)}
-        )
+        dlq_action = await self._ensure_queue(spec.dlq, {"MessageRetentionPeriod": str(DLQ_RETENTION_SECONDS)})
         dlq_arn = await self._queue_arn(spec.dlq)
         redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": spec.max_receive_count})
         action = await self._ensure_queue(
@@ -230,9 +226,7 @@ class Bootstrapper:
                 raise
         await kinesis.create_stream(StreamName=spec.name, ShardCount=spec.shards)
         for _ in range(60):
-            summary = (await kinesis.describe_stream_summary(StreamName=spec.name))[
-                "StreamDescriptionSummary"
-            ]
+            summary = (await kinesis.describe_stream_summary(StreamName=spec.name))["StreamDescriptionSummary"]
             if summary["StreamStatus"] == "ACTIVE":
                 break
             await asyncio.sleep(0.5)
@@ -270,9 +264,7 @@ class Bootstrapper:
                 raise
             action = "created"
         if action != "unchanged":
-            await events.put_rule(
-                Name=spec.name, EventBusName=spec.bus, EventPattern=pattern, State="ENABLED"
-            )
+            await events.put_rule(Name=spec.name, EventBusName=spec.bus, EventPattern=pattern, State="ENABLED")
         arn = await self._queue_arn(spec.target_queue)
         targets = (await events.list_targets_by_rule(Rule=spec.name, EventBusName=spec.bus))["Targets"]
         if not any(t["Arn"] == arn for t in targets):

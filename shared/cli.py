@@ -150,9 +150,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def render_job(job: dict[str, Any]) -> None:
-    console.print(
-        f"[bold]job {job['execution_id']}[/]  kind={job.get('kind', '-')}  status={job.get('status', '-')}"
-    )
+    console.print(f"[bold]job {job['execution_id']}[/]  kind={job.get('kind', '-')}  status={job.get('status', '-')}")
     table = Table("at", "stage", "status", "detail")
     for entry in job.get("history", []):
         detail = {k: v for k, v in entry.items() if k not in ("at", "stage", "status")}

@@ -90,9 +90,7 @@ class AwsClients:
         try:
             return self._clients[service]
         except KeyError:
-            raise RuntimeError(
-                f"AWS client {service!r} is not open (opened: {sorted(self._clients)})"
-            ) from None
+            raise RuntimeError(f"AWS client {service!r} is not open (opened: {sorted(self._clients)})") from None
 
     @property
     def sqs(self) -> SQSClient:

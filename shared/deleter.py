@@ -74,9 +74,7 @@ class BatchDeleter:
             log.warning("delete batch failed; retrying one by one", extra={"error": str(exc)})
             failed = {e["Id"]: {"Id": e["Id"], "Message": str(exc)} for e in entries}
         for i, (handle, future) in enumerate(batch):
-            ok = str(i) not in failed or await self._delete_one(
-                handle, str(failed[str(i)].get("Message", ""))
-            )
+            ok = str(i) not in failed or await self._delete_one(handle, str(failed[str(i)].get("Message", "")))
             self.deleted += ok
             self.failed += not ok
             if not future.done():

@@ -110,9 +110,7 @@ def endpoint_env(url: str) -> Iterator[None]:
     """Point everything in this process (and its children) at `url`, with emulator credentials."""
     keys = ("FLEET_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
     saved = {k: os.environ.get(k) for k in keys}
-    os.environ.update(
-        {"FLEET_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-    )
+    os.environ.update({"FLEET_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
     try:
         yield
     finally:

@@ -29,9 +29,7 @@ class FleetError(Exception):
 class Retry(FleetError):
     code = "RETRY"
 
-    def __init__(
-        self, reason: str = "retry requested", *, delay: float | None = None, code: str | None = None
-    ):
+    def __init__(self, reason: str = "retry requested", *, delay: float | None = None, code: str | None = None):
         super().__init__(reason, code=code)
         self.delay = delay
 

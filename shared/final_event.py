@@ -42,7 +42,5 @@ async def send_final_event(services: Services, event: dict[str, Any]) -> None:
     await sqs.send_message(
         QueueUrl=url,
         MessageBody=json.dumps(event, default=str),
-        MessageAttributes={
-            JOB_ID_ATTRIBUTE: {"DataType": "String", "StringValue": str(event["execution_id"])}
-        },
+        MessageAttributes={JOB_ID_ATTRIBUTE: {"DataType": "String", "StringValue": str(event["execution_id"])}},
     )

@@ -40,9 +40,7 @@ def write_health(directory: str, state: HealthState) -> None:
     os.replace(tmp, path)  # atomic: the checker never reads half a file
 
 
-def check_health(
-    directory: str, worker: str, *, max_age: float = 30.0, now: float | None = None
-) -> tuple[bool, str]:
+def check_health(directory: str, worker: str, *, max_age: float = 30.0, now: float | None = None) -> tuple[bool, str]:
     path = health_path(directory, worker)
     try:
         state = HealthState(**json.loads(path.read_text()))

@@ -79,8 +79,7 @@ class JobStore:
                 TableName=self.table,
                 Key=to_item({"execution_id": job_id}),
                 UpdateExpression=(
-                    "SET stages.#s = :d, updated_at = :now, "
-                    "history = list_append(if_not_exists(history, :e), :h)"
+                    "SET stages.#s = :d, updated_at = :now, history = list_append(if_not_exists(history, :e), :h)"
                 ),
                 ConditionExpression="attribute_exists(stages)",
                 ExpressionAttributeNames=names,

@@ -250,9 +250,7 @@ class Worker:
     # --- one message -----------------------------------------------------------------------------
 
     async def _process(self, message: Message) -> None:
-        with log_context(
-            worker=self.name, message_id=message.id, job_id=message.job_id, attempt=message.receive_count
-        ):
+        with log_context(worker=self.name, message_id=message.id, job_id=message.job_id, attempt=message.receive_count):
             ctx = Context(worker=self.name, message=message, services=self.services, tuning=self.tuning)
             started = time.monotonic()
             try:
@@ -281,9 +279,7 @@ class Worker:
                 heartbeat.cancel()
             await self._settle(ctx, error, started)
 
-    async def _settle(
-        self, ctx: Context, error: FleetError | None, started: float, *, released: bool = False
-    ) -> None:
+    async def _settle(self, ctx: Context, error: FleetError | None, started: float, *, released: bool = False) -> None:
         """Decide and apply the message's fate, shielded so a cancellation cannot lose it halfway."""
         task = asyncio.ensure_future(self._apply(ctx, error, started, released))
         self._settling.add(task)
@@ -305,9 +301,7 @@ class Worker:
             await self._dead_letter(message, error)
             status = "dead_lettered"
         elif message.receive_count >= self.tuning.max_attempts:
-            error = type(error)(
-                f"gave up after {message.receive_count} attempts: {error.reason}", code=error.code
-            )
+            error = type(error)(f"gave up after {message.receive_count} attempts: {error.reason}", code=error.code)
             await self._dead_letter(message, error)
             status = "dead_lettered"
         else:
@@ -374,9 +368,7 @@ class Worker:
         }
         kept = {k: v for k, v in message.attributes.items() if k not in ours}
         attributes = {**dict(list(kept.items())[: MAX_ATTRIBUTES - len(ours)]), **ours}
-        await self._sqs.send_message(
-            QueueUrl=self.dlq_url, MessageBody=message.body, MessageAttributes=attributes
-        )
+        await self._sqs.send_message(QueueUrl=self.dlq_url, MessageBody=message.body, MessageAttributes=attributes)
         await self._deleter.delete(message.receipt_handle)
 
     # --- shutdown --------------------------------------------------------------------------------

@@ -33,21 +33,15 @@ class WorkerTuning(BaseModel):
     concurrency: int = Field(10, ge=1, le=1000, description="messages handled at once")
     batch_size: int = Field(10, ge=1, le=10, description="messages per ReceiveMessage")
     wait_time_seconds: int = Field(20, ge=0, le=20, description="long-poll wait")
-    visibility_timeout: int = Field(
-        30, ge=1, le=43_200, description="seconds a received message stays hidden"
-    )
+    visibility_timeout: int = Field(30, ge=1, le=43_200, description="seconds a received message stays hidden")
     heartbeat_interval: float | None = Field(
         None, gt=0, description="seconds between visibility extensions (default: a third of the timeout)"
     )
-    handler_timeout: float = Field(
-        900.0, gt=0, description="a handler running longer is cancelled and retried"
-    )
+    handler_timeout: float = Field(900.0, gt=0, description="a handler running longer is cancelled and retried")
     max_attempts: int = Field(5, ge=1, le=REDRIVE_MAX_RECEIVE_COUNT)
     backoff_base: float = Field(2.0, ge=0, description="first retry delay, seconds; doubles per attempt")
     backoff_max: float = Field(900.0, ge=0, le=43_200)
-    drain_timeout: float = Field(
-        25.0, ge=0, le=120, description="seconds to finish in-flight work on SIGTERM"
-    )
+    drain_timeout: float = Field(25.0, ge=0, le=120, description="seconds to finish in-flight work on SIGTERM")
     burst_idle_seconds: float = Field(
         2.0, ge=0, description="in --burst mode, exit after the queue stayed empty this long"
     )
@@ -103,7 +97,11 @@ class TableNames(BaseModel):
 
 class FleetSettings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="FLEET_", env_nested_delimiter="__", extra="ignore", validate_default=True
+        env_prefix="FLEET_",
+        env_nested_delimiter="__",
+        extra="ignore",
+        validate_default=True,
+        populate_by_name=True,
     )
 
     region: str = Field("us-east-1", validation_alias=AliasChoices("FLEET_REGION", "AWS_DEFAULT_REGION"))

@@ -34,9 +34,7 @@ async def test_queues_have_their_dlq_with_redrive_after_5_receives(fleet: Servic
         url = (await sqs.get_queue_url(QueueName=spec.name))["QueueUrl"]
         attrs = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"]))["Attributes"]
         dlq_url = (await sqs.get_queue_url(QueueName=f"{spec.name}-dlq"))["QueueUrl"]
-        dlq_arn = (await sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"]))[
-            "Attributes"
-        ]
+        dlq_arn = (await sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"]))["Attributes"]
         # Then it redrives to its own DLQ after 5 receives
         redrive = json.loads(attrs["RedrivePolicy"])
         assert redrive["deadLetterTargetArn"] == dlq_arn["QueueArn"]
@@ -64,9 +62,7 @@ async def test_landing_uploads_notify_the_ingest_queue(fleet: Services) -> None:
     # Given a bootstrapped fleet
     s = fleet.settings
     # When a file lands under incoming/
-    await fleet.aws.s3.put_object(
-        Bucket=s.bucket("landing"), Key="incoming/2026-11-24/a b.ndjson", Body=b"{}\n"
-    )
+    await fleet.aws.s3.put_object(Bucket=s.bucket("landing"), Key="incoming/2026-11-24/a b.ndjson", Body=b"{}\n")
 
     # Then an S3 ObjectCreated notification reaches fleet-ingest
     sqs = fleet.aws.sqs

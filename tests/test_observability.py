@@ -32,9 +32,7 @@ def test_log_lines_carry_context_and_hide_secrets(captured: io.StringIO) -> None
 
     # When code logs inside the context, with secret-looking fields and the secret in free text
     with log_context(worker="sync", message_id="m-1", job_id="j-1", attempt=2):
-        log.info(
-            "refreshed", extra={"access_token": "abc123456", "note": "got s3cr3t-refresh-token-value back"}
-        )
+        log.info("refreshed", extra={"access_token": "abc123456", "note": "got s3cr3t-refresh-token-value back"})
 
     # Then the line is JSON with the context, and no secret survives
     (entry,) = lines(captured)

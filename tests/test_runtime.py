@@ -127,9 +127,7 @@ async def test_heartbeat_keeps_a_long_job_from_being_delivered_twice(fleet: Serv
     await send(fleet, url, [{"n": 1, "sleep": 6}])
     stage = ScriptedStage()
     tuning = fast_tuning(visibility_timeout=2, heartbeat_interval=0.5)
-    workers = [
-        await Worker.create(stage, fleet, tuning=tuning, burst=True, install_signals=False) for _ in range(2)
-    ]
+    workers = [await Worker.create(stage, fleet, tuning=tuning, burst=True, install_signals=False) for _ in range(2)]
 
     # When both run until the queue is empty
     await asyncio.wait_for(asyncio.gather(*(w.run() for w in workers)), 60)

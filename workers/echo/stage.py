@@ -20,9 +20,7 @@ class EchoMessage(BaseModel):
 
     text: str = Field(max_length=4096)
     sleep: float = Field(0, ge=0, le=3600, description="seconds to work for")
-    fail: Literal["retry", "fatal"] | None = Field(
-        None, description="fail on purpose, to see the runtime react"
-    )
+    fail: Literal["retry", "fatal"] | None = Field(None, description="fail on purpose, to see the runtime react")
 
 
 class EchoStage:
