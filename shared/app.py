@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from shared.clients import AwsClients
@@ -43,6 +43,7 @@ async def run_workers(
     burst: bool = False,
     install_signals: bool = True,
     stop: asyncio.Event | None = None,
+    on_started: Callable[[], None] | None = None,
 ) -> dict[str, RunStats]:
     """Run the named workers in this process until they stop (SIGTERM/SIGINT, `stop`, or burst end)."""
     from workers import load_stage
@@ -74,6 +75,8 @@ async def run_workers(
                     w.stop()
 
             watcher = asyncio.create_task(watch())
+        if on_started:
+            on_started()
         try:
             results = await asyncio.gather(*(w.run() for w in workers))
         finally:

@@ -67,8 +67,13 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     async def up(settings: FleetSettings) -> int:
         await _bootstrap(settings, quiet=True)
-        console.print(f"[bold]fleet up[/]: {len(names)} workers ({', '.join(names)}) — Ctrl-C to stop")
-        await run_workers(settings, names)
+        await run_workers(
+            settings,
+            names,
+            on_started=lambda: console.print(
+                f"[bold]fleet up[/]: {len(names)} workers ({', '.join(names)}) — Ctrl-C to stop"
+            ),
+        )
         return 0
 
     if args.embedded:

@@ -150,3 +150,32 @@ async def test_health_check_follows_the_worker_lifecycle(fleet: Services) -> Non
     # And unhealthy once it has stopped
     after = await asyncio.to_thread(subprocess.run, health, env=env, capture_output=True, text=True)
     assert after.returncode == 1 and "stopped" in after.stdout
+
+
+async def test_up_embedded_runs_the_fleet_until_ctrl_c(settings: FleetSettings) -> None:
+    # Given no endpoint at all: `fleet up --embedded` must bring its own emulator
+    env = {k: v for k, v in fleet_env(settings).items() if k != "FLEET_ENDPOINT_URL"}
+    proc = subprocess.Popen(
+        fleet_cmd("up", "--embedded", "--workers", "echo"), env=env, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    try:
+        # When it reports the fleet is up
+        seen = []
+        for _ in range(40):
+            line = await asyncio.to_thread(proc.stdout.readline)
+            seen.append(line)
+            if "fleet up" in line:
+                break
+        assert any("embedded AWS emulator" in line for line in seen), seen
+        assert any("fleet up" in line for line in seen), seen
+        # And the user presses Ctrl-C
+        proc.send_signal(signal.SIGINT)
+        code = await asyncio.to_thread(proc.wait, 30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+    # Then it stops cleanly
+    assert code == 0
