@@ -1,8 +1,10 @@
 """Every test talks to a real AWS emulator over HTTP.
 
 - `AWS_ENDPOINT_URL`/`FLEET_TEST_ENDPOINT_URL` set: that endpoint (e.g. docker compose's LocalStack);
-- else, when a Docker engine answers: LocalStack through testcontainers (`FLEET_TEST_LOCALSTACK=1`);
-- else: an embedded moto server, started once per session on a free loopback port.
+- else, when LocalStack is wanted (`FLEET_TEST_LOCALSTACK=1`, or a `LOCALSTACK_AUTH_TOKEN` is set, which
+  the localstack image requires) and a Docker engine answers: LocalStack through testcontainers;
+- else (no Docker engine: testcontainers fails within ~0.3 s): an embedded moto server, started once per
+  session on a free loopback port.
 
 Each test gets its own resource-name prefix, so tests never see each other's queues or tables.
 """
@@ -24,8 +26,13 @@ from shared.settings import FleetSettings, load_settings
 from shared.stage import Services
 
 
+def localstack_wanted() -> bool:
+    flag = os.environ.get("FLEET_TEST_LOCALSTACK", "")
+    return flag == "1" or (flag != "0" and bool(os.environ.get("LOCALSTACK_AUTH_TOKEN")))
+
+
 def _localstack() -> Iterator[str] | None:
-    if os.environ.get("FLEET_TEST_LOCALSTACK") != "1":
+    if not localstack_wanted():
         return None
     try:
         from testcontainers.localstack import LocalStackContainer
