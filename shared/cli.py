@@ -216,6 +216,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # --- parser --------------------------------------------------------------------------------------------
 
 
+EPILOG = """\
+common settings (environment):
+  FLEET_ENDPOINT_URL / AWS_ENDPOINT_URL   emulator endpoint; unset = real AWS
+  FLEET_REGION                            AWS region (default us-east-1)
+  FLEET_PREFIX                            prefix for every resource name
+  FLEET_LOG_LEVEL, FLEET_LOG_FORMAT       INFO | DEBUG ..., json | text
+  FLEET_METRICS_MODE                      emf (default) | cloudwatch | off
+  FLEET_DEFAULTS__<FIELD>                 tuning for every worker, e.g. FLEET_DEFAULTS__CONCURRENCY=20
+  FLEET_WORKERS__<NAME>__<FIELD>          tuning for one worker, e.g. FLEET_WORKERS__CLIPS__VISIBILITY_TIMEOUT=120
+  FLEET_QUEUES__<KEY>, FLEET_TABLES__<KEY>, FLEET_BUCKETS__<KEY>   rename a resource
+
+examples:
+  fleet demo                          everything end to end on an embedded emulator
+  fleet up --embedded                 the whole fleet locally until Ctrl-C
+  fleet worker echo --burst           one worker until its queue is empty
+  fleet dlq echo --redrive            move dead letters back to their queue
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     from workers import add_submit_commands, worker_names
 
@@ -225,11 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
             "Long-running asyncio workers for AWS pipelines. Settings come from FLEET_* environment "
             "variables (see README); FLEET_ENDPOINT_URL points at LocalStack or moto."
         ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("worker", help="run one worker until SIGTERM/SIGINT (drains in-flight messages)")
-    p.add_argument("name", help=f"one of: {', '.join([*worker_names(), 'media-sync'])}")
+    aliases = ["media-sync"] if {"sync", "download"} <= set(worker_names()) else []
+    p.add_argument("name", help=f"one of: {', '.join([*worker_names(), *aliases])}")
     p.add_argument("--burst", action="store_true", help="exit once the queue stays empty")
     p.set_defaults(func=cmd_worker)
 
