@@ -281,10 +281,18 @@ class Worker:
 
     async def _settle(self, ctx: Context, error: FleetError | None, started: float, *, released: bool = False) -> None:
         """Decide and apply the message's fate, shielded so a cancellation cannot lose it halfway."""
-        task = asyncio.ensure_future(self._apply(ctx, error, started, released))
+        task = asyncio.ensure_future(self._apply_safely(ctx, error, started, released))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
         await asyncio.shield(task)
+
+    async def _apply_safely(self, ctx: Context, error: FleetError | None, started: float, released: bool) -> None:
+        try:
+            await self._apply(ctx, error, started, released)
+        except Exception as exc:
+            # e.g. the DLQ refused the message: leave it on the queue, where SQS redelivers it after
+            # its visibility timeout (and its redrive policy catches it in the end). Never lost.
+            log.error("could not settle message; it will be redelivered", extra={"error": str(exc)})
 
     async def _apply(self, ctx: Context, error: FleetError | None, started: float, released: bool) -> None:
         message = ctx.message

@@ -191,3 +191,24 @@ async def test_stop_drains_then_releases_unfinished_messages(fleet: Services) ->
     assert stats.succeeded == 2 and stats.released == 2
     back = await drain_queue(fleet, url, wait=0)
     assert sorted(json.loads(m["Body"])["n"] for m in back) == [3, 4]
+
+
+async def test_a_message_the_dlq_refuses_stays_on_its_queue(fleet: Services) -> None:
+    # Given a worker whose DLQ has been deleted under it, and a poison message
+    url, dlq = await queue_urls(fleet)
+    worker = await Worker.create(
+        ScriptedStage(), fleet, tuning=fast_tuning(visibility_timeout=1), install_signals=False
+    )
+    await fleet.aws.sqs.delete_queue(QueueUrl=dlq)
+    await send(fleet, url, ["not json"])
+
+    # When the worker tries to dead-letter it
+    task = asyncio.create_task(worker.run())
+    await asyncio.sleep(2.5)
+    worker.stop()
+    await asyncio.wait_for(task, 10)
+
+    # Then the message was not deleted: it is still on the source queue
+    await asyncio.sleep(1)
+    (left,) = await drain_queue(fleet, url, wait=1)
+    assert left["Body"] == "not json"
