@@ -169,7 +169,7 @@ async def main(args: argparse.Namespace) -> dict[str, dict[str, dict[str, float]
     # The runtime logs one line per message and emits EMF metrics, as in production; send them nowhere
     # visible but keep their cost in the measurement.
     configure_logging("INFO", "json", io.StringIO())
-    with EmbeddedAws(mode="process") as emulator:
+    with EmbeddedAws(mode=args.emulator) as emulator:
         figures = {"loopback": await run_modes(emulator.url, args)}
         if args.rtt_ms > 0:
             with LatencyProxy(emulator.url, args.rtt_ms) as proxy:
@@ -208,6 +208,7 @@ if __name__ == "__main__":
     parser.add_argument("--messages", type=int, default=1500)
     parser.add_argument("--naive-messages", type=int, default=300)
     parser.add_argument("--depth", type=int, default=50)
+    parser.add_argument("--emulator", choices=["process", "thread"], default="process")
     parser.add_argument("--rtt-ms", type=float, default=10.0, help="added round trip for the second run; 0 = off")
     figures = report(asyncio.run(main(parser.parse_args())))
     print(json.dumps(figures))

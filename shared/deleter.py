@@ -29,6 +29,7 @@ class BatchDeleter:
         self._task: asyncio.Task[None] | None = None
         self.deleted = 0
         self.failed = 0
+        self.calls = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="fleet-deleter")
@@ -67,6 +68,7 @@ class BatchDeleter:
 
     async def _flush(self, batch: list[tuple[str, asyncio.Future[bool]]]) -> None:
         entries = [{"Id": str(i), "ReceiptHandle": handle} for i, (handle, _) in enumerate(batch)]
+        self.calls += 1
         try:
             resp = await self._sqs.delete_message_batch(QueueUrl=self._url, Entries=entries)  # type: ignore[arg-type]
             failed: dict[str, Any] = {f["Id"]: f for f in resp.get("Failed", [])}

@@ -45,6 +45,7 @@ REASON_LIMIT = 1000
 
 @dataclass
 class RunStats:
+    polls: int = 0
     received: int = 0
     succeeded: int = 0
     retried: int = 0
@@ -198,6 +199,7 @@ class Worker:
             MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
             MessageAttributeNames=["All"],
         )
+        self.stats.polls += 1
         try:
             resp = await self._wait_for(call, timeout=None)
         except asyncio.CancelledError:
