@@ -25,12 +25,14 @@ if TYPE_CHECKING:
 ALL_SERVICES = ("sqs", "s3", "dynamodb", "sns", "cloudwatch", "events", "kinesis", "secretsmanager")
 
 
-def client_config(pool_size: int, read_timeout: float = 60.0, max_attempts: int = 5) -> AioConfig:
+def client_config(pool_size: int, read_timeout: float = 60.0, total_attempts: int = 5, **extra: Any) -> AioConfig:
+    """`total_attempts` counts the first call too (botocore's `max_attempts` would count retries only)."""
     return AioConfig(
         max_pool_connections=pool_size,
         read_timeout=read_timeout,
         connect_timeout=5,
-        retries={"mode": "standard", "max_attempts": max_attempts},
+        retries={"mode": "standard", "total_max_attempts": total_attempts},
+        **extra,
     )
 
 
@@ -56,7 +58,7 @@ class AwsClients:
         services: tuple[str, ...] = ALL_SERVICES,
     ) -> None:
         self.settings = settings
-        self._config = client_config(pool_size, read_timeout)
+        self._pool_size, self._read_timeout = pool_size, read_timeout
         self._services = services
         self._stack = AsyncExitStack()
         self._clients: dict[str, Any] = {}
@@ -65,13 +67,18 @@ class AwsClients:
         session = get_session()
         creds = emulator_credentials(self.settings)
         try:
-            for service in self._services:
-                self._clients[service] = await self._stack.enter_async_context(
+            wanted = [(s, s, self._config_for(s)) for s in self._services]
+            if "dynamodb" in self._services:
+                # For writes that run their own retry policy (each attempt = one request, visible).
+                once = client_config(self._pool_size, self._read_timeout, total_attempts=1)
+                wanted.append(("dynamodb-once", "dynamodb", once))
+            for key, service, config in wanted:
+                self._clients[key] = await self._stack.enter_async_context(
                     session.create_client(  # type: ignore[call-overload]
                         service,
                         region_name=self.settings.region,
                         endpoint_url=self.settings.endpoint_url,
-                        config=self._config,
+                        config=config,
                         **creds,
                     )
                 )
@@ -85,6 +92,12 @@ class AwsClients:
     ) -> None:
         await self._stack.aclose()
         self._clients.clear()
+
+    def _config_for(self, service: str) -> AioConfig:
+        if service == "s3":
+            # SigV4 presigned URLs: botocore's S3 default (SigV2) is refused by newer buckets.
+            return client_config(self._pool_size, self._read_timeout, signature_version="s3v4")
+        return client_config(self._pool_size, self._read_timeout)
 
     def _get(self, service: str) -> Any:
         try:
@@ -103,6 +116,11 @@ class AwsClients:
     @property
     def dynamodb(self) -> DynamoDBClient:
         return self._get("dynamodb")  # type: ignore[no-any-return]
+
+    @property
+    def dynamodb_once(self) -> DynamoDBClient:
+        """DynamoDB without botocore's retries: for callers whose retry policy is part of the contract."""
+        return self._get("dynamodb-once")  # type: ignore[no-any-return]
 
     @property
     def sns(self) -> SNSClient:

@@ -1,6 +1,10 @@
-"""`fleet-jobs`: one item per job, keyed by `execution_id`, holding each stage's latest state and an
-append-only history of transitions. Every worker writes here through the runtime; no stage clobbers
-another's data (updates SET one stage's path and append to the history)."""
+"""`fleet-jobs`: one item per job, keyed by `execution_id`.
+
+- `progress.<stage>`: the latest transition of each stage (written by the runtime and stages here);
+- `history`: every transition, append-only;
+- `stages.<stage>`: a stage's own result data (the finalizer's `stages.finalizer`), never touched here.
+
+Updates SET one path and append to the history, so no writer clobbers another's data."""
 
 from __future__ import annotations
 
@@ -50,6 +54,7 @@ class JobStore:
             "created_at": now,
             "updated_at": now,
             "stages": {},
+            "progress": {},
             "history": [{"stage": "submit", "status": "SUBMITTED", "at": now}],
             "detail": detail or {},
         }
@@ -64,7 +69,7 @@ class JobStore:
                 raise
 
     async def record_stage(self, job_id: str, stage: str, status: str, **data: Any) -> None:
-        """SET stages.<stage> and append to the history; creates the item if no submit did."""
+        """SET progress.<stage> and append to the history; creates the item if no submit did."""
         now = now_iso()
         entry = {
             "stage": stage,
@@ -79,21 +84,21 @@ class JobStore:
                 TableName=self.table,
                 Key=to_item({"execution_id": job_id}),
                 UpdateExpression=(
-                    "SET stages.#s = :d, updated_at = :now, history = list_append(if_not_exists(history, :e), :h)"
+                    "SET progress.#s = :d, updated_at = :now, history = list_append(if_not_exists(history, :e), :h)"
                 ),
-                ConditionExpression="attribute_exists(stages)",
+                ConditionExpression="attribute_exists(progress)",
                 ExpressionAttributeNames=names,
                 ExpressionAttributeValues={k: values[k] for k in (":d", ":h", ":e", ":now")},
             )
         except ClientError as exc:
             if not is_conditional_failure(exc):
                 raise
-            # No item yet (a message sent without `fleet submit`): create the map, then retry once.
+            # No item yet (a message sent without `fleet submit`): create the maps, then retry once.
             await self._ddb.update_item(
                 TableName=self.table,
                 Key=to_item({"execution_id": job_id}),
                 UpdateExpression=(
-                    "SET stages = if_not_exists(stages, :empty), "
+                    "SET progress = if_not_exists(progress, :empty), stages = if_not_exists(stages, :empty), "
                     "created_at = if_not_exists(created_at, :now), #st = if_not_exists(#st, :sub)"
                 ),
                 ExpressionAttributeNames={"#st": "status"},
