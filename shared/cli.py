@@ -155,7 +155,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def render_job(job: dict[str, Any]) -> None:
-    console.print(f"[bold]job {job['execution_id']}[/]  kind={job.get('kind', '-')}  status={job.get('status', '-')}")
+    history = job.get("history", [])
+    latest = f"  latest={history[-1]['stage']}:{history[-1]['status']}" if history else ""
+    console.print(
+        f"[bold]job {job['execution_id']}[/]  kind={job.get('kind', '-')}  status={job.get('status', '-')}{latest}"
+    )
     table = Table("at", "stage", "status", "detail")
     for entry in job.get("history", []):
         detail = {k: v for k, v in entry.items() if k not in ("at", "stage", "status")}
@@ -191,7 +195,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         table = Table("message id", "worker", "attempts", "code", "reason", "body")
         for d in letters:
             table.add_row(d.message_id[:8], d.worker, d.attempts, d.code, d.error, d.body[:60])
-        console.print(f"[bold]{source}-dlq[/]: {len(letters)} dead letters")
+        console.print(f"[bold]{source}-dlq[/]: {len(letters)} dead letter{'s' if len(letters) != 1 else ''}")
         console.print(table)
         return 0
 

@@ -113,11 +113,13 @@ def declare(settings: FleetSettings) -> list[Spec]:
         BucketSpec(s.bucket("landing"), notify_queue=s.queue("ingest"), notify_prefix="incoming/"),
         BucketSpec(s.bucket("lake")),
         BucketSpec(s.bucket("media")),
+        # Files, manifests and per-date slots; the sparse "todo" index lists only work still owed
+        # (pending files by date and age, open manifests by lease expiry) — workers/ingest/store.py.
         TableSpec(
             s.table("files"),
             "date_prefix",
             "file_key",
-            indexes=(IndexSpec("by-status", "status_date", "tracked_at"),),
+            indexes=(IndexSpec("todo", "todo", "todo_order"),),
         ),
         TableSpec(s.table("metrics"), "entity_id", "entity_type"),
         TableSpec(s.table("sync"), "media_id"),

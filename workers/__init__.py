@@ -17,16 +17,23 @@ from shared.stage import Services, Stage
 # worker name -> "module:factory"; the factory takes Services and returns the stage.
 REGISTRY: dict[str, str] = {
     "echo": "workers.echo.stage:EchoStage",
+    "ingest": "workers.ingest.stage:IngestStage",
+    "compact": "workers.compact.stage:CompactStage",
+    "finalizer": "workers.finalizer.stage:FinalizerStage",
 }
 
 # modules with `register(kinds)` for `fleet submit`
 SUBMIT: list[str] = [
     "workers.echo.submit",
+    "workers.ingest.submit",
+    "workers.finalizer.submit",
 ]
 
 # modules with `async def demo(settings, console)`, run in this order by `fleet demo`
 DEMO: list[str] = [
     "workers.echo.demo",
+    "workers.ingest.demo",
+    "workers.finalizer.demo",
 ]
 
 
