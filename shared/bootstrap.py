@@ -18,6 +18,7 @@ from shared.resources import (
     DLQ_RETENTION_SECONDS,
     BucketSpec,
     BusSpec,
+    IndexSpec,
     QueueSpec,
     RuleSpec,
     SecretSpec,
@@ -175,7 +176,17 @@ class Bootstrapper:
         ddb = self.aws.dynamodb
         action = "unchanged"
         try:
-            await ddb.describe_table(TableName=spec.name)
+            table = (await ddb.describe_table(TableName=spec.name))["Table"]
+            existing = {ix["IndexName"] for ix in table.get("GlobalSecondaryIndexes", [])}
+            for index in spec.indexes:
+                if index.name not in existing:
+                    # A table from an older release: add the index (one per UpdateTable call), keep the data.
+                    await ddb.update_table(
+                        TableName=spec.name,
+                        AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"} for a in spec.attributes()],
+                        GlobalSecondaryIndexUpdates=[{"Create": _index(index)}],
+                    )
+                    action = "updated"
         except ClientError as exc:
             if not _missing(exc):
                 raise
@@ -184,17 +195,7 @@ class Bootstrapper:
                 key_schema.append({"AttributeName": spec.range_key, "KeyType": "RANGE"})
             kwargs: dict[str, Any] = {}
             if spec.indexes:
-                kwargs["GlobalSecondaryIndexes"] = [
-                    {
-                        "IndexName": ix.name,
-                        "KeySchema": [
-                            {"AttributeName": ix.hash_key, "KeyType": "HASH"},
-                            *([{"AttributeName": ix.range_key, "KeyType": "RANGE"}] if ix.range_key else []),
-                        ],
-                        "Projection": {"ProjectionType": "ALL"},
-                    }
-                    for ix in spec.indexes
-                ]
+                kwargs["GlobalSecondaryIndexes"] = [_index(ix) for ix in spec.indexes]
             await ddb.create_table(
                 TableName=spec.name,
                 KeySchema=key_schema,
@@ -284,6 +285,17 @@ class Bootstrapper:
                 raise
         await sm.create_secret(Name=spec.name, SecretString=json.dumps(spec.placeholder))
         return "created"
+
+
+def _index(index: IndexSpec) -> Any:
+    return {
+        "IndexName": index.name,
+        "KeySchema": [
+            {"AttributeName": index.hash_key, "KeyType": "HASH"},
+            *([{"AttributeName": index.range_key, "KeyType": "RANGE"}] if index.range_key else []),
+        ],
+        "Projection": {"ProjectionType": "ALL"},
+    }
 
 
 def _same_attribute(key: str, current: str | None, wanted: str) -> bool:

@@ -20,7 +20,10 @@ from rich.table import Table
 from shared.logs import configure_logging
 from shared.settings import ConfigError, FleetSettings, load_settings
 
-console = Console(stderr=False, highlight=False)
+console = Console(highlight=False)
+if not console.is_terminal:
+    # Piped or captured (CI, `make demo | tee`): rich would assume 80 columns and fold every table.
+    console = Console(highlight=False, width=120)
 
 
 def _settings(**overrides: Any) -> FleetSettings:

@@ -6,13 +6,13 @@ Bootstraps every resource, then runs each worker package's demo step (`workers.D
 from __future__ import annotations
 
 import importlib
-import logging
 import time
 
 from rich.console import Console
 
 from shared.app import open_services
 from shared.bootstrap import Bootstrapper
+from shared.logs import configure_logging
 from shared.resources import declare
 from shared.settings import FleetSettings
 
@@ -23,7 +23,7 @@ async def run_demo(settings: FleetSettings, console: Console) -> int:
     started = time.monotonic()
     # The summary tables are the demo's output; worker logs and EMF lines would bury them.
     settings = settings.model_copy(update={"metrics_mode": "off"})
-    logging.getLogger().setLevel(logging.WARNING)
+    configure_logging("WARNING", "text")
     console.rule("[bold]bootstrap")
     async with open_services(settings) as services:
         changes = await Bootstrapper(services.aws).run(declare(settings))

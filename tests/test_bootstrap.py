@@ -6,7 +6,7 @@ import json
 from urllib.parse import unquote_plus
 
 from shared.bootstrap import Bootstrapper
-from shared.resources import QueueSpec, declare
+from shared.resources import QueueSpec, TableSpec, declare
 from shared.stage import Services
 
 
@@ -92,3 +92,28 @@ async def test_clip_events_on_the_default_bus_reach_the_clips_queue(fleet: Servi
     resp = await sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=1, WaitTimeSeconds=2)
     (msg,) = resp["Messages"]
     assert json.loads(msg["Body"])["detail-type"] == "Begin Clip Generation"
+
+
+async def test_a_table_from_an_older_release_gets_its_new_index(services: Services) -> None:
+    # Given the files table as an older release created it: no index
+    spec = next(s for s in declare(services.settings) if isinstance(s, TableSpec) and s.indexes)
+    await services.aws.dynamodb.create_table(
+        TableName=spec.name,
+        KeySchema=[
+            {"AttributeName": spec.hash_key, "KeyType": "HASH"},
+            {"AttributeName": spec.range_key or "", "KeyType": "RANGE"},
+        ],
+        AttributeDefinitions=[
+            {"AttributeName": a, "AttributeType": "S"} for a in (spec.hash_key, spec.range_key or "")
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+
+    # When bootstrap runs
+    changes = await Bootstrapper(services.aws).run([spec])
+
+    # Then the index is added and the table reported updated
+    assert [c.action for c in changes] == ["updated"]
+    table = (await services.aws.dynamodb.describe_table(TableName=spec.name))["Table"]
+    assert [ix["IndexName"] for ix in table["GlobalSecondaryIndexes"]] == [ix.name for ix in spec.indexes]
+    assert [c.action for c in await Bootstrapper(services.aws).run([spec])] == ["unchanged"]

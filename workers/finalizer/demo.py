@@ -127,14 +127,18 @@ async def demo(settings: FleetSettings, console: Console) -> None:
 
     async with open_services(settings) as services:
         notes = await read_notifications(services, tap_url)
-        table = Table("event", "execution id", "final status", "cost (USD)", "notified", "subject")
-        for label, event in events.items():
-            job: dict[str, Any] = await services.jobs.get(event["execution_id"]) or {}
-            note = notes.get(event["execution_id"])
+        # Every job closed in this run: the seed's three events, and whatever earlier demo steps'
+        # pipelines handed over (their notifications reached the tap too).
+        labels = {event["execution_id"]: f"seed {label}" for label, event in events.items()}
+        labels.update({job_id: "" for job_id in notes if job_id not in labels})
+        table = Table("job", "execution id", "final status", "cost (USD)", "notified", "subject")
+        for job_id, label in labels.items():
+            job: dict[str, Any] = await services.jobs.get(job_id) or {}
+            note = notes.get(job_id)
             cost = job.get("cost_estimate_usd")
             table.add_row(
-                label,
-                event["execution_id"][:8],
+                label or f"{job.get('kind', '?')} job",
+                job_id[:8],
                 str(job.get("status", "-")),
                 f"{cost:.2f}" if cost is not None else "-",
                 "yes" if note else "no",
