@@ -106,11 +106,10 @@ class EmbeddedAws:
 
 
 @contextlib.contextmanager
-def endpoint_env(url: str) -> Iterator[None]:
-    """Point everything in this process (and its children) at `url`, with emulator credentials."""
-    keys = ("FLEET_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ.update({"FLEET_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
+def temporary_env(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for a block (this process and its children), then restore them."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
     try:
         yield
     finally:
@@ -119,3 +118,10 @@ def endpoint_env(url: str) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def endpoint_env(url: str) -> contextlib.AbstractContextManager[None]:
+    """Point everything in this process (and its children) at `url`, with emulator credentials."""
+    return temporary_env(
+        {"FLEET_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    )

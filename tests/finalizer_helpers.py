@@ -14,6 +14,7 @@ from shared.metrics import Metrics
 from shared.runtime import Worker
 from shared.settings import WorkerTuning
 from shared.stage import Services
+from tests.helpers import fast_tuning
 from workers.finalizer.config import FinalizerSettings
 from workers.finalizer.demo import subscribe_queue
 from workers.finalizer.stage import FinalizerStage
@@ -75,16 +76,7 @@ def fast_config(**overrides: Any) -> FinalizerSettings:
     return FinalizerSettings(**values)
 
 
-def tuning(**overrides: Any) -> WorkerTuning:
-    base: dict[str, Any] = {
-        "concurrency": 10,
-        "wait_time_seconds": 1,
-        "visibility_timeout": 30,
-        "backoff_base": 1,
-        "drain_timeout": 5,
-        "burst_idle_seconds": 0.5,
-    }
-    return WorkerTuning(**{**base, **overrides})
+tuning = fast_tuning
 
 
 async def run_finalizer(

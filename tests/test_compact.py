@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from shared.runtime import Worker
 from shared.settings import WorkerTuning
 from shared.stage import Services
-from tests.helpers import drain_queue, queue_urls, send
+from tests.helpers import drain_queue, fast_tuning, queue_urls, send
 from tests.test_process import fleet_cmd, fleet_env
 from workers.compact.config import CompactConfig
 from workers.compact.stage import CompactStage
@@ -29,15 +29,7 @@ DATE = "2024-04-02"
 
 
 def tuning(**overrides: Any) -> WorkerTuning:
-    base: dict[str, Any] = {
-        "concurrency": 4,
-        "wait_time_seconds": 1,
-        "visibility_timeout": 30,
-        "backoff_base": 1,
-        "drain_timeout": 5,
-        "burst_idle_seconds": 0.5,
-    }
-    return WorkerTuning(**{**base, **overrides})
+    return fast_tuning(**{"concurrency": 4, **overrides})
 
 
 async def run(stage: Any, services: Services) -> Worker:

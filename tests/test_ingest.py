@@ -16,7 +16,7 @@ from shared.app import open_services
 from shared.runtime import Worker
 from shared.settings import FleetSettings, WorkerTuning
 from shared.stage import Services
-from tests.helpers import drain_queue, queue_urls, send
+from tests.helpers import drain_queue, fast_tuning, queue_urls, send
 from workers.ingest.config import IngestConfig
 from workers.ingest.events import parse_notification
 from workers.ingest.layout import Manifest
@@ -26,15 +26,7 @@ DATE = "2024-03-01"
 
 
 def tuning(**overrides: Any) -> WorkerTuning:
-    base: dict[str, Any] = {
-        "concurrency": 10,
-        "wait_time_seconds": 1,
-        "visibility_timeout": 30,
-        "backoff_base": 1,
-        "drain_timeout": 5,
-        "burst_idle_seconds": 1.5,
-    }
-    return WorkerTuning(**{**base, **overrides})
+    return fast_tuning(**{"burst_idle_seconds": 1.5, **overrides})
 
 
 def s3_event(

@@ -5,10 +5,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import random
 import tempfile
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,25 +16,15 @@ from rich.console import Console
 from rich.table import Table
 
 from shared.app import open_services, run_workers
+from shared.emulator import temporary_env
 from shared.settings import FleetSettings
 from workers.ingest.layout import Manifest
 from workers.ingest.submit import upload_files
 
 
-@contextlib.contextmanager
-def ingest_env(**values: object) -> Iterator[None]:
+def ingest_env(**values: object) -> contextlib.AbstractContextManager[None]:
     """Set FLEET_INGEST_* for the stages `run_workers` builds in this process, then restore."""
-    keys = {f"FLEET_INGEST_{k.upper()}": str(v) for k, v in values.items()}
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ.update(keys)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    return temporary_env({f"FLEET_INGEST_{k.upper()}": str(v) for k, v in values.items()})
 
 
 def write_files(directory: Path, rng: random.Random) -> dict[str, list[Path]]:
