@@ -6,7 +6,7 @@ Nested values use `__`: `FLEET_WORKERS__CLIPS__CONCURRENCY=2`, `FLEET_QUEUES__IN
 from __future__ import annotations
 
 import math
-from typing import Literal, Self
+from typing import Literal, Self, TypeVar
 
 from pydantic import (
     AliasChoices,
@@ -177,15 +177,31 @@ class ConfigError(Exception):
     """Settings that cannot work; raised at start-up with every problem listed."""
 
 
+def config_error(exc: ValidationError, env_prefix: str = "FLEET_", nested: str = "__") -> ConfigError:
+    """A settings ValidationError as one message naming each environment variable at fault."""
+    problems = []
+    for err in exc.errors():
+        where = env_prefix + nested.join(str(p).upper() for p in err["loc"]) if err["loc"] else "settings"
+        problems.append(f"  {where}: {err['msg'].removeprefix('Value error, ')}")
+    return ConfigError("invalid configuration:\n" + "\n".join(problems))
+
+
 def load_settings(**overrides: object) -> FleetSettings:
     try:
         return FleetSettings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            where = "FLEET_" + "__".join(str(p).upper() for p in err["loc"]) if err["loc"] else "settings"
-            problems.append(f"  {where}: {err['msg'].removeprefix('Value error, ')}")
-        raise ConfigError("invalid configuration:\n" + "\n".join(problems)) from None
+        raise config_error(exc) from None
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load_stage_settings(model: type[S]) -> S:
+    """A stage's own settings (e.g. `FLEET_INGEST_*`), failing at start-up like the fleet's."""
+    try:
+        return model()
+    except ValidationError as exc:
+        raise config_error(exc, str(model.model_config.get("env_prefix", "")), "_") from None
 
 
 def ceil_seconds(value: float) -> int:

@@ -60,3 +60,14 @@ def test_invalid_settings_fail_with_the_setting_named(
     with pytest.raises(ConfigError) as err:
         load_settings()
     assert message in str(err.value)
+
+
+def test_a_stages_own_settings_fail_the_same_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.settings import load_stage_settings
+    from workers.ingest.config import IngestConfig
+
+    # Given a bad ingest batch size
+    monkeypatch.setenv("FLEET_INGEST_BATCH_SIZE", "0")
+    # When the stage's settings load, Then the variable is named
+    with pytest.raises(ConfigError, match="FLEET_INGEST_BATCH_SIZE: Input should be greater than or equal to 1"):
+        load_stage_settings(IngestConfig)

@@ -27,6 +27,7 @@ from shared.final_event import final_event, send_final_event
 from shared.idempotency import Idempotency
 from shared.jobs import now_iso
 from shared.metrics import Metric
+from shared.settings import load_stage_settings
 from shared.stage import Context, Services, parse_body
 from workers.compact.config import CompactConfig
 from workers.compact.convert import (
@@ -76,7 +77,7 @@ class CompactStage:
 
     def __init__(self, services: Services, config: CompactConfig | None = None) -> None:
         self.services = services
-        self.config = config or CompactConfig()
+        self.config = config or load_stage_settings(CompactConfig)
         self.lake = services.settings.bucket("lake")
         self.sources = frozenset(self.config.source_buckets or [services.settings.bucket("landing")])
         self.store = FilesTable(services.aws.dynamodb, services.settings.table("files"))

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 from pydantic import TypeAdapter, ValidationError
 
 from shared.idempotency import Idempotency
+from shared.settings import load_stage_settings
 from shared.stage import Context, Services, parse_body
 from workers.finalizer.config import FinalizerSettings
 from workers.finalizer.metrics import record_metrics
@@ -79,7 +80,7 @@ class FinalizerStage:
     ) -> None:
         settings = services.settings
         self.services = services
-        self.config = config or FinalizerSettings()
+        self.config = config or load_stage_settings(FinalizerSettings)
         self.tracker = Tracker(
             settings.table("jobs"),
             tracking_client or (lambda: contextlib.nullcontext(services.aws.dynamodb_once)),

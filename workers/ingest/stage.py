@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from shared.errors import Fatal
 from shared.metrics import Metric
+from shared.settings import load_stage_settings
 from shared.stage import Context, Services
 from workers.ingest.config import IngestConfig
 from workers.ingest.events import Notification, parse_notification
@@ -42,7 +43,7 @@ class IngestStage:
         checkpoint: Checkpoint | None = None,
     ) -> None:
         self.services = services
-        self.config = config or IngestConfig()
+        self.config = config or load_stage_settings(IngestConfig)
         self.tick_interval = self.config.tick_seconds
         self.buckets = frozenset(self.config.allowed_buckets or [services.settings.bucket("landing")])
         self.builder = ManifestBuilder(services, self.config, checkpoint=checkpoint)
