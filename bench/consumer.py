@@ -86,10 +86,10 @@ async def fresh_queue(services: Services) -> str:
     return (await services.aws.sqs.create_queue(QueueName=name))["QueueUrl"]
 
 
-async def raw_loop(services: Services, url: str, feeder: Feeder) -> None:
+async def raw_loop(services: Services, url: str, feeder: Feeder, **attributes: Any) -> None:
     sqs = services.aws.sqs
     while feeder.consumed < feeder.total:
-        resp = await sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
+        resp = await sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1, **attributes)
         msgs = resp.get("Messages", [])
         if not msgs:
             continue
@@ -98,6 +98,17 @@ async def raw_loop(services: Services, url: str, feeder: Feeder) -> None:
         entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(msgs)]
         await sqs.delete_message_batch(QueueUrl=url, Entries=entries)  # type: ignore[arg-type]
         feeder.consumed += len(msgs)
+
+
+async def raw_attributes_loop(services: Services, url: str, feeder: Feeder) -> None:
+    """The raw loop asking for what the runtime needs: receive count, sent time, message attributes."""
+    await raw_loop(
+        services,
+        url,
+        feeder,
+        MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
+        MessageAttributeNames=["All"],
+    )
 
 
 async def naive_loop(services: Services, url: str, feeder: Feeder) -> None:
@@ -158,6 +169,7 @@ async def run_modes(endpoint: str, args: argparse.Namespace) -> dict[str, dict[s
         results = {}
         for name, mode, total in (
             ("raw", raw_loop, args.messages),
+            ("raw+attrs", raw_attributes_loop, args.messages),
             ("runtime", runtime_loop, args.messages),
             ("naive", naive_loop, args.naive_messages),
         ):
