@@ -123,6 +123,7 @@ async def naive_loop(services: Services, url: str, feeder: Feeder) -> None:
 
 async def runtime_loop(services: Services, url: str, feeder: Feeder) -> None:
     stage = NoopStage()
+    # Two batches in flight (FLEET_DEFAULTS__CONCURRENCY=20): a poll overlaps the previous batch's work.
     tuning = WorkerTuning(concurrency=20, wait_time_seconds=1)
     worker = Worker(stage, services, queue_url=url, dlq_url=None, tuning=tuning, install_signals=False)
     task = asyncio.create_task(worker.run())
