@@ -74,8 +74,8 @@ async def test_demo_finalizes_three_jobs_and_shows_their_notifications(fleet: Se
     # Then its table shows each job's final status, cost and a delivered notification
     text = out.getvalue()
     rows = {line.split("│")[1].strip(): line for line in text.splitlines() if line.count("│") >= 6}
-    assert "COMPLETED" in rows["success"] and "3.19" in rows["success"]
-    assert "PARTIAL_SUCCESS" in rows["partial"]
-    assert "FAILED" in rows["failure"]
-    assert all("yes" in row for label, row in rows.items() if label in ("success", "partial", "failure"))
+    assert "COMPLETED" in rows["seed success"] and "3.19" in rows["seed success"]
+    assert "PARTIAL_SUCCESS" in rows["seed partial"]
+    assert "FAILED" in rows["seed failure"]
+    assert all("yes" in rows[f"seed {label}"] for label in ("success", "partial", "failure"))
     assert "succeeded 3" in text
