@@ -35,9 +35,9 @@ def fleet_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "shared.cli", *args]
 
 
-async def wait_for_line(lines: list[str], needle: str, timeout: float = 30) -> None:
+async def wait_for_line(lines: list[str], needle: str, timeout: float = 30, count: int = 1) -> None:
     deadline = time.monotonic() + timeout
-    while not any(needle in line for line in lines):
+    while sum(needle in line for line in lines) < count:
         assert time.monotonic() < deadline, f"{needle!r} never logged: {''.join(lines)[-2000:]}"
         await asyncio.sleep(0.1)
 
@@ -71,7 +71,8 @@ async def test_sigterm_finishes_or_releases_every_message(fleet: Services, tmp_p
     try:
         await send(fleet, url, bodies)
         await wait_for_line(lines, "worker started")
-        await asyncio.sleep(1.5)  # the quick ones finish at ~1 s; the slow ones are mid-flight
+        # the quick ones finish at ~1 s; by then every message has been received and the slow ones run
+        await wait_for_line(lines, "message succeeded", count=5)
 
         # When ECS sends SIGTERM
         proc.send_signal(signal.SIGTERM)
