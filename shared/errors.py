@@ -11,6 +11,8 @@ after `max_attempts`, with its reason, instead of looping forever.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from botocore.exceptions import ClientError, ConnectionError, ReadTimeoutError
 
 
@@ -74,6 +76,17 @@ def error_code(exc: BaseException) -> str:
 
 def is_conditional_failure(exc: BaseException) -> bool:
     return error_code(exc) == "ConditionalCheckFailedException"
+
+
+async def written(call: Awaitable[object]) -> bool:
+    """Await a conditional DynamoDB write: True if it was written, False if its condition failed."""
+    try:
+        await call
+    except ClientError as exc:
+        if is_conditional_failure(exc):
+            return False
+        raise
+    return True
 
 
 def classify(exc: BaseException) -> FleetError:

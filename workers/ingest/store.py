@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from shared.errors import Transient, is_conditional_failure
+from shared.errors import Transient, is_conditional_failure, written
 from workers.ingest.events import FileEvent
 from workers.ingest.layout import (
     MANIFEST_PREFIX,
@@ -186,15 +186,9 @@ class FilesTable:
         }
         if event.sequencer:
             item["sequencer"] = S(event.sequencer)
-        try:
-            await self._ddb.put_item(
-                TableName=self.table, Item=item, ConditionExpression="attribute_not_exists(file_key)"
-            )
-        except ClientError as exc:
-            if is_conditional_failure(exc):
-                return False
-            raise
-        return True
+        return await written(
+            self._ddb.put_item(TableName=self.table, Item=item, ConditionExpression="attribute_not_exists(file_key)")
+        )
 
     async def count_pending(self, date_prefix: str, limit: int) -> int:
         resp = await self._ddb.query(
@@ -279,8 +273,8 @@ class FilesTable:
 
     async def take_slot(self, date_prefix: str, manifest_id: str, lease_until: float) -> bool:
         """Become the date's one filling manifest, if none is (or its lease ran out)."""
-        try:
-            await self._ddb.update_item(
+        return await written(
+            self._ddb.update_item(
                 TableName=self.table,
                 Key=self.key(date_prefix, SLOT_KEY),
                 UpdateExpression="SET open_manifest = :m, open_until = :until",
@@ -291,24 +285,18 @@ class FilesTable:
                     ":now": N(time.time()),
                 },
             )
-        except ClientError as exc:
-            if is_conditional_failure(exc):
-                return False
-            raise
-        return True
+        )
 
     async def free_slot(self, date_prefix: str, manifest_id: str) -> None:
-        try:
-            await self._ddb.update_item(
+        await written(
+            self._ddb.update_item(
                 TableName=self.table,
                 Key=self.key(date_prefix, SLOT_KEY),
                 UpdateExpression="REMOVE open_manifest, open_until",
                 ConditionExpression="open_manifest = :m",
                 ExpressionAttributeValues={":m": S(manifest_id)},
             )
-        except ClientError as exc:
-            if not is_conditional_failure(exc):
-                raise
+        )
 
     async def open_record(self, record: ManifestRecord, owner: str, lease_until: float) -> None:
         await self._ddb.put_item(
@@ -354,8 +342,8 @@ class FilesTable:
         return True
 
     async def add_candidates(self, record: ManifestRecord, owner: str, refs: list[FileRef]) -> bool:
-        try:
-            await self._ddb.update_item(
+        return await written(
+            self._ddb.update_item(
                 TableName=self.table,
                 Key=self.key(record.date_prefix, manifest_item_key(record.manifest_id)),
                 UpdateExpression="SET candidates = list_append(candidates, :c)",
@@ -367,11 +355,7 @@ class FilesTable:
                     ":o": S(owner),
                 },
             )
-        except ClientError as exc:
-            if is_conditional_failure(exc):
-                return False
-            raise
-        return True
+        )
 
     async def seal(self, record: ManifestRecord, owner: str, files: list[FileRef]) -> bool:
         """CLAIMING → SEALED with the files claimed (EMPTY, out of the todo index, if none were).
@@ -389,8 +373,8 @@ class FilesTable:
         else:
             values[":state"] = S(EMPTY)
             update += ", #t, todo_order"
-        try:
-            await self._ddb.update_item(
+        return await written(
+            self._ddb.update_item(
                 TableName=self.table,
                 Key=self.key(record.date_prefix, manifest_item_key(record.manifest_id)),
                 UpdateExpression=update,
@@ -403,11 +387,7 @@ class FilesTable:
                 },
                 ExpressionAttributeValues=values,
             )
-        except ClientError as exc:
-            if is_conditional_failure(exc):
-                return False
-            raise
-        return True
+        )
 
     async def take_over(self, seen: OpenManifest, owner: str, lease_until: float) -> ManifestRecord | None:
         """Become the owner of an abandoned manifest; None if someone else moved it first."""
@@ -439,8 +419,8 @@ class FilesTable:
     async def mark_submitted(self, record: ManifestRecord, owner: str) -> bool:
         """SEALED → SUBMITTED, leaving the todo index. False if another owner took it over, or the
         compact worker already finished it (both fine: the job is out)."""
-        try:
-            await self._ddb.update_item(
+        return await written(
+            self._ddb.update_item(
                 TableName=self.table,
                 Key=self.key(record.date_prefix, manifest_item_key(record.manifest_id)),
                 UpdateExpression="SET #st = :submitted, submitted_at = :now REMOVE #t, todo_order",
@@ -453,11 +433,7 @@ class FilesTable:
                     ":now": S(iso()),
                 },
             )
-        except ClientError as exc:
-            if is_conditional_failure(exc):
-                return False
-            raise
-        return True
+        )
 
     # --- batches (for items whose owner is settled) ----------------------------------------------
 
