@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import subprocess
 import uuid
 
 from shared.settings import FleetSettings
 from shared.stage import Services
 from tests.helpers import drain_queue, queue_urls, send
-from tests.test_process import fleet_cmd, fleet_env
+from tests.test_process import run_fleet
 
-
-async def fleet(settings: FleetSettings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(
-        subprocess.run,
-        fleet_cmd(*args),
-        env=fleet_env(settings, **env),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+fleet = run_fleet
 
 
 async def test_help_documents_every_command(settings: FleetSettings) -> None:

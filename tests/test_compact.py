@@ -17,7 +17,7 @@ from shared.runtime import Worker
 from shared.settings import WorkerTuning
 from shared.stage import Services
 from tests.helpers import drain_queue, fast_tuning, queue_urls, send
-from tests.test_process import fleet_cmd, fleet_env
+from tests.test_process import run_fleet
 from workers.compact.config import CompactConfig
 from workers.compact.stage import CompactStage
 from workers.ingest.config import IngestConfig
@@ -297,14 +297,7 @@ async def test_fleet_submit_ingest_then_workers_then_status_from_the_command_lin
     (tmp_path / "two words.ndjson").write_bytes(lines({"b": "x"}, "oops"))
 
     async def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-        return await asyncio.to_thread(
-            subprocess.run,
-            fleet_cmd(*args),
-            env=fleet_env(settings, **env),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        return await run_fleet(settings, *args, **env)
 
     submitted = await cli(
         "submit", "ingest", str(tmp_path / "one.ndjson"), str(tmp_path / "two words.ndjson"), "--date", DATE

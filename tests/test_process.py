@@ -35,6 +35,18 @@ def fleet_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "shared.cli", *args]
 
 
+async def run_fleet(settings: FleetSettings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`fleet ARGS...` as a user runs it, against the test's emulator and prefix."""
+    return await asyncio.to_thread(
+        subprocess.run,
+        fleet_cmd(*args),
+        env=fleet_env(settings, **env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 async def wait_for_line(lines: list[str], needle: str, timeout: float = 30, count: int = 1) -> None:
     deadline = time.monotonic() + timeout
     while sum(needle in line for line in lines) < count:
