@@ -63,10 +63,10 @@ def dedicated_dynamodb(
     read_timeout: float = 10.0,
     session: AioSession | None = None,
 ) -> TrackingClientFactory:
-    """Open a DynamoDB client without botocore retries, one per finalization.
+    """A factory of DynamoDB clients without botocore retries, aimed at `endpoint_url`.
 
-    A client per message costs ~3 ms once the session has loaded the service model, and needs no
-    shutdown hook (stages have none), unlike one kept for the process's lifetime.
+    The stage normally uses the process-wide `services.aws.dynamodb_once`; this is for pointing the
+    tracking update somewhere else (a fault-injecting proxy in the tests), one client per update.
     """
     session = session or get_session()
     creds = emulator_credentials(settings)
