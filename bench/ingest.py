@@ -45,13 +45,14 @@ from shared.bootstrap import Bootstrapper
 from shared.emulator import EmbeddedAws
 from shared.errors import is_conditional_failure
 from shared.logs import configure_logging
-from shared.resources import declare
+from shared.registry import discover
 from shared.runtime import Worker
 from shared.settings import FleetSettings, WorkerTuning, load_settings
 from shared.stage import Context, Services
 from workers.ingest.config import IngestConfig
 from workers.ingest.events import Notification, parse_notification
 from workers.ingest.layout import TODO_PENDING, file_item_key, manifest_key
+from workers.ingest.resources import COMPACT, FILES, INGEST, LAKE, LANDING
 from workers.ingest.stage import IngestStage
 
 DATE = "2024-06-01"
@@ -68,9 +69,9 @@ class SeedStyleStage:
 
     def __init__(self, services: Services) -> None:
         self.services = services
-        self.table = services.settings.table("files")
+        self.table = services.settings.name_of(FILES)
         self.ddb = services.aws.dynamodb
-        self.buckets = frozenset([services.settings.bucket("landing")])
+        self.buckets = frozenset([services.settings.name_of(LANDING)])
         self.manifests = 0
         self.compact_url = ""
 
@@ -144,9 +145,9 @@ class SeedStyleStage:
             ]
             s3, sqs = self.services.aws.s3, self.services.aws.sqs
             body = {"manifest_id": manifest_id, "date_prefix": date_prefix, "files": entries}
-            await s3.put_object(Bucket=self.services.settings.bucket("lake"), Key=key, Body=json.dumps(body).encode())
+            await s3.put_object(Bucket=self.services.settings.name_of(LAKE), Key=key, Body=json.dumps(body).encode())
             if not self.compact_url:
-                name = self.services.settings.queue("compact")
+                name = self.services.settings.name_of(COMPACT)
                 self.compact_url = (await sqs.get_queue_url(QueueName=name))["QueueUrl"]
             await sqs.send_message(
                 QueueUrl=self.compact_url,
@@ -220,7 +221,7 @@ def notifications(bucket: str, files: int, rng: random.Random) -> list[str]:
 
 async def pending_left(services: Services) -> int:
     resp = await services.aws.dynamodb.query(
-        TableName=services.settings.table("files"),
+        TableName=services.settings.name_of(FILES),
         IndexName="todo",
         KeyConditionExpression="#t = :t",
         ExpressionAttributeNames={"#t": "todo"},
@@ -231,7 +232,7 @@ async def pending_left(services: Services) -> int:
 
 
 async def compact_jobs(services: Services) -> int:
-    url = (await services.aws.sqs.get_queue_url(QueueName=services.settings.queue("compact")))["QueueUrl"]
+    url = (await services.aws.sqs.get_queue_url(QueueName=services.settings.name_of(COMPACT)))["QueueUrl"]
     attrs = await services.aws.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])
     return int(attrs["Attributes"]["ApproximateNumberOfMessages"])
 
@@ -241,7 +242,7 @@ async def run_variant(endpoint: str, variant: str, files: int, depth: int) -> di
         endpoint_url=endpoint, prefix=f"b{uuid.uuid4().hex[:6]}-", metrics_mode="off", health_dir="/tmp/fleet-bench"
     )
     async with open_services(settings, pool_size=120) as services, open_services(settings) as observer:
-        await Bootstrapper(observer.aws).run(declare(settings))
+        await Bootstrapper(observer.aws, discover()).run()
         counter = CallCounter()
         services.aws.dynamodb.meta.events.register("before-call.dynamodb", counter)
         config = IngestConfig(max_wait_seconds=3600)  # batches of 200 only: no flush by age here
@@ -249,9 +250,9 @@ async def run_variant(endpoint: str, variant: str, files: int, depth: int) -> di
             IngestStage(services, config) if variant == "fleet" else SeedStyleStage(services) for _ in range(WORKERS)
         ]
         tuning = WorkerTuning(concurrency=20, wait_time_seconds=1, visibility_timeout=60)
-        workers = [await Worker.create(s, services, tuning=tuning, install_signals=False) for s in stages]
-        url = (await observer.aws.sqs.get_queue_url(QueueName=settings.queue("ingest")))["QueueUrl"]
-        bodies = notifications(settings.bucket("landing"), files, random.Random(11))
+        workers = [await Worker.create(s, services, queue=INGEST, tuning=tuning, install_signals=False) for s in stages]
+        url = (await observer.aws.sqs.get_queue_url(QueueName=settings.name_of(INGEST)))["QueueUrl"]
+        bodies = notifications(settings.name_of(LANDING), files, random.Random(11))
 
         started = time.perf_counter()
         running = [asyncio.create_task(w.run()) for w in workers]

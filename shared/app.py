@@ -10,11 +10,14 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from shared.clients import AwsClients
+from shared.declaration import WorkerSpec, load
 from shared.jobs import JobStore, new_job_id
 from shared.metrics import Metrics
+from shared.registry import Registry, discover
+from shared.resources import JOBS, Queue
 from shared.runtime import RunStats, Worker
 from shared.settings import FleetSettings
-from shared.stage import JOB_ID_ATTRIBUTE, Services
+from shared.stage import JOB_ID_ATTRIBUTE, Services, Stage
 
 log = logging.getLogger("fleet")
 
@@ -28,12 +31,17 @@ async def open_services(settings: FleetSettings, *, pool_size: int = 20) -> Asyn
             cloudwatch=aws.cloudwatch if settings.metrics_mode == "cloudwatch" else None,
         )
         services = Services(
-            settings=settings, aws=aws, metrics=metrics, jobs=JobStore(aws.dynamodb, settings.table("jobs"))
+            settings=settings, aws=aws, metrics=metrics, jobs=JobStore(aws.dynamodb, settings.name_of(JOBS))
         )
         try:
             yield services
         finally:
             await metrics.flush()
+
+
+def load_stage(spec: WorkerSpec, services: Services) -> Stage[Any]:
+    factory: Callable[[Services], Stage[Any]] = load(spec.stage)
+    return factory(services)
 
 
 async def run_workers(
@@ -44,16 +52,27 @@ async def run_workers(
     install_signals: bool = True,
     stop: asyncio.Event | None = None,
     on_started: Callable[[], None] | None = None,
+    registry: Registry | None = None,
 ) -> dict[str, RunStats]:
     """Run the named workers in this process until they stop (SIGTERM/SIGINT, `stop`, or burst end)."""
-    from workers import load_stage
-
-    pool = sum(settings.tuning(n).pool_size for n in names)
+    registry = registry or discover()
+    specs = registry.expand(names)
+    pool = sum(registry.tuning(settings, spec.name).pool_size for spec in specs)
     async with open_services(settings, pool_size=pool) as services:
-        workers = [
-            await Worker.create(load_stage(name, services), services, burst=burst, install_signals=False)
-            for name in names
-        ]
+        workers = []
+        for spec in specs:
+            if spec.queue is None:
+                raise ValueError(f"worker {spec.name!r} consumes no queue")
+            workers.append(
+                await Worker.create(
+                    load_stage(spec, services),
+                    services,
+                    queue=spec.queue,
+                    tuning=registry.tuning(settings, spec.name),
+                    burst=burst,
+                    install_signals=False,
+                )
+            )
         loop = asyncio.get_running_loop()
         signals_installed = []
         if install_signals:
@@ -89,7 +108,7 @@ async def run_workers(
 
 async def send_job(
     services: Services,
-    queue_key: str,
+    queue: Queue,
     body: dict[str, Any],
     *,
     kind: str,
@@ -100,7 +119,7 @@ async def send_job(
     job_id = job_id or new_job_id()
     await services.jobs.create(job_id, kind, detail)
     sqs = services.aws.sqs
-    url = (await sqs.get_queue_url(QueueName=services.settings.queue(queue_key)))["QueueUrl"]
+    url = (await sqs.get_queue_url(QueueName=services.settings.name_of(queue)))["QueueUrl"]
     await sqs.send_message(
         QueueUrl=url,
         MessageBody=json.dumps(body),

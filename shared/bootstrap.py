@@ -1,5 +1,8 @@
 """Create the declared resources idempotently: each is looked up first and created or corrected only
-when it differs. Running it twice changes nothing (every line of the second report is `unchanged`)."""
+when it differs. Running it twice changes nothing (every line of the second report is `unchanged`).
+
+What exists comes from the registry: the runtime's tables and every resource a worker declares. A queue's
+visibility timeout is its consumer's tuned `visibility_timeout`."""
 
 from __future__ import annotations
 
@@ -14,19 +17,23 @@ from botocore.exceptions import ClientError
 
 from shared.clients import AwsClients
 from shared.errors import error_code
+from shared.registry import Registry
 from shared.resources import (
     DLQ_RETENTION_SECONDS,
-    BucketSpec,
-    BusSpec,
-    IndexSpec,
-    QueueSpec,
-    RuleSpec,
-    SecretSpec,
-    Spec,
-    StreamSpec,
-    TableSpec,
-    TopicSpec,
+    QUEUE_RETENTION_SECONDS,
+    Bucket,
+    Bus,
+    DeadLetters,
+    Index,
+    Queue,
+    Resource,
+    Rule,
+    Secret,
+    Stream,
+    Table,
+    Topic,
 )
+from shared.settings import FleetSettings
 
 log = logging.getLogger("fleet.bootstrap")
 
@@ -51,42 +58,62 @@ def _missing(exc: ClientError) -> bool:
     return error_code(exc) in NOT_FOUND
 
 
+def visibility_timeouts(registry: Registry, settings: FleetSettings) -> dict[str, int]:
+    """Queue key -> its consumer's visibility timeout (a queue nobody consumes gets the fleet default)."""
+    out = {}
+    for resource in registry.resources():
+        if isinstance(resource, Queue):
+            consumer = registry.consumer_of(resource)
+            tuning = registry.tuning(settings, consumer.name) if consumer else settings.defaults
+            out[resource.key] = tuning.visibility_timeout
+    return out
+
+
 class Bootstrapper:
-    def __init__(self, aws: AwsClients) -> None:
+    def __init__(self, aws: AwsClients, registry: Registry) -> None:
         self.aws = aws
+        self.settings = aws.settings
+        self.registry = registry
+        self._visibility = visibility_timeouts(registry, self.settings)
         self._queue_arns: dict[str, str] = {}
 
-    async def run(self, specs: Iterable[Spec], progress: Callable[[Change], None] | None = None) -> list[Change]:
+    def name(self, resource: Resource) -> str:
+        return self.settings.name_of(resource)
+
+    async def run(
+        self, resources: Iterable[Resource] | None = None, progress: Callable[[Change], None] | None = None
+    ) -> list[Change]:
         changes = []
         # Queues first: buckets and rules point at them.
-        ordered = sorted(specs, key=lambda s: 0 if isinstance(s, QueueSpec) else 1)
-        for spec in ordered:
-            action = await self._ensure(spec)
-            change = Change(spec.kind, spec.name, action)
+        wanted = self.registry.resources() if resources is None else list(resources)
+        ordered = sorted(wanted, key=lambda r: 0 if isinstance(r, Queue) else 1)
+        for resource in ordered:
+            action = await self._ensure(resource)
+            change = Change(resource.kind, self.name(resource), action)
             changes.append(change)
             if progress:
                 progress(change)
         return changes
 
-    async def _ensure(self, spec: Spec) -> str:
-        match spec:
-            case QueueSpec():
-                return await self._queue(spec)
-            case BucketSpec():
-                return await self._bucket(spec)
-            case TableSpec():
-                return await self._table(spec)
-            case StreamSpec():
-                return await self._stream(spec)
-            case TopicSpec():
-                return await self._topic(spec)
-            case BusSpec():
-                return await self._bus(spec)
-            case RuleSpec():
-                return await self._rule(spec)
-            case SecretSpec():
-                return await self._secret(spec)
-        raise TypeError(f"unknown resource spec {spec!r}")
+    async def _ensure(self, resource: Resource) -> str:
+        match resource:
+            case Queue():
+                return await self._queue(resource)
+            case Bucket():
+                return await self._bucket(resource)
+            case Table():
+                return await self._table(resource)
+            case Stream():
+                return await self._stream(resource)
+            case Topic():
+                return await self._topic(resource)
+            case Bus():
+                return await self._bus(resource)
+            case Rule():
+                return await self._rule(resource)
+            case Secret():
+                return await self._secret(resource)
+        raise TypeError(f"bootstrap cannot create {resource!r}")
 
     # --- SQS ---------------------------------------------------------------------------------------
 
@@ -115,74 +142,75 @@ class Bootstrapper:
         await sqs.set_queue_attributes(QueueUrl=url, Attributes=differs)  # type: ignore[arg-type]
         return "updated"
 
-    async def _queue(self, spec: QueueSpec) -> str:
-        dlq_action = await self._ensure_queue(spec.dlq, {"MessageRetentionPeriod": str(DLQ_RETENTION_SECONDS)})
-        dlq_arn = await self._queue_arn(spec.dlq)
+    async def _queue(self, spec: Queue) -> str:
+        dlq = self.name(DeadLetters.of(spec))
+        dlq_action = await self._ensure_queue(dlq, {"MessageRetentionPeriod": str(DLQ_RETENTION_SECONDS)})
+        dlq_arn = await self._queue_arn(dlq)
         redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": spec.max_receive_count})
         action = await self._ensure_queue(
-            spec.name,
+            self.name(spec),
             {
-                "VisibilityTimeout": str(spec.visibility_timeout),
+                "VisibilityTimeout": str(self._visibility[spec.key]),
                 "RedrivePolicy": redrive,
-                "MessageRetentionPeriod": str(DLQ_RETENTION_SECONDS // 2),
+                "MessageRetentionPeriod": str(QUEUE_RETENTION_SECONDS),
             },
         )
         return action if dlq_action == "unchanged" or action != "unchanged" else "updated"
 
     # --- S3 ----------------------------------------------------------------------------------------
 
-    async def _bucket(self, spec: BucketSpec) -> str:
+    async def _bucket(self, spec: Bucket) -> str:
         s3 = self.aws.s3
+        name = self.name(spec)
         action = "unchanged"
         try:
-            await s3.head_bucket(Bucket=spec.name)
+            await s3.head_bucket(Bucket=name)
         except ClientError as exc:
             if not _missing(exc):
                 raise
             region = self.aws.settings.region
             if region == "us-east-1":
-                await s3.create_bucket(Bucket=spec.name)
+                await s3.create_bucket(Bucket=name)
             else:
                 await s3.create_bucket(
-                    Bucket=spec.name,
+                    Bucket=name,
                     CreateBucketConfiguration={"LocationConstraint": region},  # type: ignore[typeddict-item]
                 )
             action = "created"
-        if spec.notify_queue:
-            arn = await self._queue_arn(spec.notify_queue)
-            wanted = {
-                "QueueConfigurations": [
-                    {
-                        "Id": "fleet-ingest",
-                        "QueueArn": arn,
-                        "Events": ["s3:ObjectCreated:*"],
-                        "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": spec.notify_prefix}]}},
-                    }
-                ]
-            }
-            current = await s3.get_bucket_notification_configuration(Bucket=spec.name)
-            queues = current.get("QueueConfigurations", [])
-            if not any(q.get("QueueArn") == arn for q in queues):
+        if spec.notify:
+            wanted = [
+                {
+                    "Id": f"fleet-{notify.queue.key}",
+                    "QueueArn": await self._queue_arn(self.name(notify.queue)),
+                    "Events": list(notify.events),
+                    "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": notify.prefix}]}},
+                }
+                for notify in spec.notify
+            ]
+            current = await s3.get_bucket_notification_configuration(Bucket=name)
+            arns = {q.get("QueueArn") for q in current.get("QueueConfigurations", [])}
+            if not all(w["QueueArn"] in arns for w in wanted):
                 await s3.put_bucket_notification_configuration(
-                    Bucket=spec.name,
-                    NotificationConfiguration=wanted,  # type: ignore[arg-type]
+                    Bucket=name,
+                    NotificationConfiguration={"QueueConfigurations": wanted},  # type: ignore[typeddict-item]
                 )
                 action = "updated" if action == "unchanged" else action
         return action
 
     # --- DynamoDB ----------------------------------------------------------------------------------
 
-    async def _table(self, spec: TableSpec) -> str:
+    async def _table(self, spec: Table) -> str:
         ddb = self.aws.dynamodb
+        name = self.name(spec)
         action = "unchanged"
         try:
-            table = (await ddb.describe_table(TableName=spec.name))["Table"]
+            table = (await ddb.describe_table(TableName=name))["Table"]
             existing = {ix["IndexName"] for ix in table.get("GlobalSecondaryIndexes", [])}
             for index in spec.indexes:
                 if index.name not in existing:
                     # A table from an older release: add the index (one per UpdateTable call), keep the data.
                     await ddb.update_table(
-                        TableName=spec.name,
+                        TableName=name,
                         AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"} for a in spec.attributes()],
                         GlobalSecondaryIndexUpdates=[{"Create": _index(index)}],
                     )
@@ -197,19 +225,19 @@ class Bootstrapper:
             if spec.indexes:
                 kwargs["GlobalSecondaryIndexes"] = [_index(ix) for ix in spec.indexes]
             await ddb.create_table(
-                TableName=spec.name,
+                TableName=name,
                 KeySchema=key_schema,
                 AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"} for a in spec.attributes()],
                 BillingMode="PAY_PER_REQUEST",
                 **kwargs,
             )
-            await ddb.get_waiter("table_exists").wait(TableName=spec.name, WaiterConfig={"Delay": 1})
+            await ddb.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1})
             action = "created"
         if spec.ttl_attribute:
-            ttl = (await ddb.describe_time_to_live(TableName=spec.name))["TimeToLiveDescription"]
+            ttl = (await ddb.describe_time_to_live(TableName=name))["TimeToLiveDescription"]
             if ttl.get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):
                 await ddb.update_time_to_live(
-                    TableName=spec.name,
+                    TableName=name,
                     TimeToLiveSpecification={"Enabled": True, "AttributeName": spec.ttl_attribute},
                 )
                 action = "updated" if action == "unchanged" else action
@@ -217,47 +245,54 @@ class Bootstrapper:
 
     # --- Kinesis, SNS, EventBridge, Secrets Manager --------------------------------------------------
 
-    async def _stream(self, spec: StreamSpec) -> str:
+    async def _stream(self, spec: Stream) -> str:
         kinesis = self.aws.kinesis
+        name = self.name(spec)
         try:
-            await kinesis.describe_stream_summary(StreamName=spec.name)
+            await kinesis.describe_stream_summary(StreamName=name)
             return "unchanged"
         except ClientError as exc:
             if not _missing(exc):
                 raise
-        await kinesis.create_stream(StreamName=spec.name, ShardCount=spec.shards)
+        await kinesis.create_stream(StreamName=name, ShardCount=spec.shards)
         for _ in range(60):
-            summary = (await kinesis.describe_stream_summary(StreamName=spec.name))["StreamDescriptionSummary"]
+            summary = (await kinesis.describe_stream_summary(StreamName=name))["StreamDescriptionSummary"]
             if summary["StreamStatus"] == "ACTIVE":
                 break
             await asyncio.sleep(0.5)
         return "created"
 
-    async def _topic(self, spec: TopicSpec) -> str:
+    async def _topic(self, spec: Topic) -> str:
         sns = self.aws.sns
+        name = self.name(spec)
         paginator = sns.get_paginator("list_topics")
         async for page in paginator.paginate():
-            if any(t["TopicArn"].rsplit(":", 1)[-1] == spec.name for t in page.get("Topics", [])):
+            if any(t["TopicArn"].rsplit(":", 1)[-1] == name for t in page.get("Topics", [])):
                 return "unchanged"
-        await sns.create_topic(Name=spec.name)
+        await sns.create_topic(Name=name)
         return "created"
 
-    async def _bus(self, spec: BusSpec) -> str:
+    async def _bus(self, spec: Bus) -> str:
+        name = self.name(spec)
         try:
-            await self.aws.events.describe_event_bus(Name=spec.name)
+            await self.aws.events.describe_event_bus(Name=name)
             return "unchanged"
         except ClientError as exc:
             if not _missing(exc):
                 raise
-        await self.aws.events.create_event_bus(Name=spec.name)
+        await self.aws.events.create_event_bus(Name=name)
         return "created"
 
-    async def _rule(self, spec: RuleSpec) -> str:
+    async def _rule(self, spec: Rule) -> str:
         events = self.aws.events
+        name = self.name(spec)
+        bus = self.name(spec.bus) if spec.bus else "default"
+        if spec.target is None:
+            raise ValueError(f"rule {spec.key!r} has no target queue")
         pattern = json.dumps(spec.pattern, sort_keys=True)
         action = "unchanged"
         try:
-            current = await events.describe_rule(Name=spec.name, EventBusName=spec.bus)
+            current = await events.describe_rule(Name=name, EventBusName=bus)
             if json.loads(current.get("EventPattern", "{}")) != spec.pattern:
                 action = "updated"
         except ClientError as exc:
@@ -265,29 +300,70 @@ class Bootstrapper:
                 raise
             action = "created"
         if action != "unchanged":
-            await events.put_rule(Name=spec.name, EventBusName=spec.bus, EventPattern=pattern, State="ENABLED")
-        arn = await self._queue_arn(spec.target_queue)
-        targets = (await events.list_targets_by_rule(Rule=spec.name, EventBusName=spec.bus))["Targets"]
+            await events.put_rule(Name=name, EventBusName=bus, EventPattern=pattern, State="ENABLED")
+        target = self.name(spec.target)
+        arn = await self._queue_arn(target)
+        targets = (await events.list_targets_by_rule(Rule=name, EventBusName=bus))["Targets"]
         if not any(t["Arn"] == arn for t in targets):
-            await events.put_targets(
-                Rule=spec.name, EventBusName=spec.bus, Targets=[{"Id": spec.target_queue, "Arn": arn}]
-            )
+            await events.put_targets(Rule=name, EventBusName=bus, Targets=[{"Id": target, "Arn": arn}])
             action = "updated" if action == "unchanged" else action
         return action
 
-    async def _secret(self, spec: SecretSpec) -> str:
+    async def _secret(self, spec: Secret) -> str:
         sm = self.aws.secretsmanager
+        name = self.name(spec)
         try:
-            await sm.describe_secret(SecretId=spec.name)
+            await sm.describe_secret(SecretId=name)
             return "unchanged"
         except ClientError as exc:
             if not _missing(exc):
                 raise
-        await sm.create_secret(Name=spec.name, SecretString=json.dumps(spec.placeholder))
+        await sm.create_secret(Name=name, SecretString=json.dumps(dict(spec.placeholder)))
         return "created"
 
 
-def _index(index: IndexSpec) -> Any:
+def plan(registry: Registry, settings: FleetSettings) -> list[dict[str, Any]]:
+    """What bootstrap creates, as JSON (`fleet bootstrap --print`), every name resolved."""
+    visibility = visibility_timeouts(registry, settings)
+    out: list[dict[str, Any]] = []
+    for resource in registry.resources():
+        entry: dict[str, Any] = {"kind": resource.kind, "key": resource.key, "name": settings.name_of(resource)}
+        match resource:
+            case Queue():
+                entry |= {
+                    "dlq": settings.name_of(DeadLetters.of(resource)),
+                    "visibility_timeout": visibility[resource.key],
+                    "max_receive_count": resource.max_receive_count,
+                }
+                consumer = registry.consumer_of(resource)
+                entry["consumer"] = consumer.name if consumer else None
+            case Table():
+                entry |= {
+                    "hash_key": resource.hash_key,
+                    "range_key": resource.range_key,
+                    "ttl_attribute": resource.ttl_attribute,
+                    "indexes": [vars(ix) for ix in resource.indexes],
+                }
+            case Bucket():
+                entry["notify"] = [
+                    {"queue": settings.name_of(n.queue), "prefix": n.prefix, "events": list(n.events)}
+                    for n in resource.notify
+                ]
+            case Stream():
+                entry["shards"] = resource.shards
+            case Rule():
+                entry |= {
+                    "bus": settings.name_of(resource.bus) if resource.bus else "default",
+                    "pattern": dict(resource.pattern),
+                    "target": settings.name_of(resource.target) if resource.target else None,
+                }
+            case Secret():
+                entry["fields"] = sorted(resource.placeholder)  # the shape only: values never leave the store
+        out.append(entry)
+    return out
+
+
+def _index(index: Index) -> Any:
     return {
         "IndexName": index.name,
         "KeySchema": [

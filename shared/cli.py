@@ -17,7 +17,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from shared.declaration import load
 from shared.logs import configure_logging
+from shared.registry import Registry, UnknownWorker, discover
+from shared.resources import DeadLetters, Queue
 from shared.settings import ConfigError, FleetSettings, load_settings
 
 console = Console(highlight=False)
@@ -26,8 +29,20 @@ if not console.is_terminal:
     console = Console(highlight=False, width=120)
 
 
+_registry: Registry | None = None
+
+
+def registry() -> Registry:
+    """The installed workers, discovered once per process."""
+    global _registry
+    if _registry is None:
+        _registry = discover()
+    return _registry
+
+
 def _settings(**overrides: Any) -> FleetSettings:
     settings = load_settings(**overrides)
+    registry().check(settings)
     configure_logging(settings.log_level, settings.log_format)
     return settings
 
@@ -43,9 +58,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from shared.app import run_workers
 
     settings = _settings()
-    names = ["sync", "download"] if args.name == "media-sync" else [args.name]
-    _check_workers(names)
-    return _run(_ret0(run_workers(settings, names, burst=args.burst)))
+    registry().expand([args.name])
+    return _run(_ret0(run_workers(settings, [args.name], burst=args.burst, registry=registry())))
 
 
 async def _ret0(coro: Coroutine[Any, Any, Any]) -> int:
@@ -53,26 +67,17 @@ async def _ret0(coro: Coroutine[Any, Any, Any]) -> int:
     return 0
 
 
-def _check_workers(names: list[str]) -> None:
-    from workers import REGISTRY, worker_names
-
-    unknown = [n for n in names if n not in REGISTRY]
-    if unknown:
-        raise SystemExit(f"fleet: unknown worker {', '.join(unknown)}; known: {', '.join(worker_names())}")
-
-
 def cmd_up(args: argparse.Namespace) -> int:
     from shared.app import run_workers
-    from workers import worker_names
 
-    names = args.workers.split(",") if args.workers else worker_names()
-    _check_workers(names)
+    names = [s.name for s in registry().expand(args.workers.split(",") if args.workers else registry().names())]
 
     async def up(settings: FleetSettings) -> int:
         await _bootstrap(settings, quiet=True)
         await run_workers(
             settings,
             names,
+            registry=registry(),
             on_started=lambda: console.print(
                 f"[bold]fleet up[/]: {len(names)} workers ({', '.join(names)}) — Ctrl-C to stop"
             ),
@@ -98,7 +103,6 @@ def _with_embedded(main: Callable[[FleetSettings], Coroutine[Any, Any, int]]) ->
 async def _bootstrap(settings: FleetSettings, *, quiet: bool = False) -> int:
     from shared.bootstrap import Bootstrapper, Change
     from shared.clients import AwsClients
-    from shared.resources import declare
 
     def show(change: Change) -> None:
         if not quiet:
@@ -106,7 +110,7 @@ async def _bootstrap(settings: FleetSettings, *, quiet: bool = False) -> int:
             console.print(f"  [{colour}]{change.action:<9}[/] {change.kind:<7} {change.name}")
 
     async with AwsClients(settings) as aws:
-        changes = await Bootstrapper(aws).run(declare(settings), progress=show)
+        changes = await Bootstrapper(aws, registry()).run(progress=show)
     counts = {a: sum(c.action == a for c in changes) for a in ("created", "updated", "unchanged")}
     if not quiet:
         console.print(", ".join(f"{n} {a}" for a, n in counts.items()))
@@ -116,9 +120,9 @@ async def _bootstrap(settings: FleetSettings, *, quiet: bool = False) -> int:
 def cmd_bootstrap(args: argparse.Namespace) -> int:
     settings = _settings()
     if args.print:
-        from shared.resources import as_json, declare
+        from shared.bootstrap import plan
 
-        print(json.dumps(as_json(declare(settings)), indent=2))
+        print(json.dumps(plan(registry(), settings), indent=2))
         return 0
     return _run(_bootstrap(settings))
 
@@ -184,12 +188,14 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 
     settings = _settings()
 
+    queue = _queue_named(args.name)
+
     async def dlq() -> int:
         async with open_services(settings) as services:
             sqs = services.aws.sqs
-            source = settings.queue(args.name) if hasattr(settings.queues, args.name) else args.name
+            source = settings.name_of(queue)
             source_url = (await sqs.get_queue_url(QueueName=source))["QueueUrl"]
-            dlq_url = (await sqs.get_queue_url(QueueName=f"{source}-dlq"))["QueueUrl"]
+            dlq_url = (await sqs.get_queue_url(QueueName=settings.name_of(DeadLetters.of(queue))))["QueueUrl"]
             if args.redrive:
                 moved = await redrive(sqs, dlq_url, source_url)
                 console.print(f"moved {moved} messages from {source}-dlq back to {source}")
@@ -205,6 +211,19 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return _run(dlq())
 
 
+def _queue_named(name: str) -> Queue:
+    """A worker's queue by worker name, or a declared queue by key."""
+    if name in registry().workers and registry().workers[name].queue is not None:
+        queue = registry().workers[name].queue
+        assert queue is not None
+        return queue
+    queues = {r.key: r for r in registry().resources() if isinstance(r, Queue)}
+    if name in queues:
+        return queues[name]
+    known = sorted({*queues, *(w.name for w in registry().workers.values() if w.queue)})
+    raise SystemExit(f"fleet: no worker or queue {name!r}; known: {', '.join(known)}")
+
+
 def cmd_health(args: argparse.Namespace) -> int:
     from shared.health import check_health
 
@@ -217,7 +236,7 @@ def cmd_health(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from shared.demo import run_demo
 
-    return _with_embedded(lambda settings: run_demo(settings, console))
+    return _with_embedded(lambda settings: run_demo(settings, console, registry()))
 
 
 # --- parser --------------------------------------------------------------------------------------------
@@ -242,9 +261,14 @@ examples:
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from workers import add_submit_commands, worker_names
+def add_submit_commands(kinds: Any) -> None:
+    for spec in registry().workers.values():
+        if spec.submit:
+            load(spec.submit)(kinds)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    names = [*registry().names(), *registry().groups()]
     parser = argparse.ArgumentParser(
         prog="fleet",
         description=(
@@ -257,8 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("worker", help="run one worker until SIGTERM/SIGINT (drains in-flight messages)")
-    aliases = ["media-sync"] if {"sync", "download"} <= set(worker_names()) else []
-    p.add_argument("name", help=f"one of: {', '.join([*worker_names(), *aliases])}")
+    p.add_argument("name", help=f"one of: {', '.join(names)}")
     p.add_argument("--burst", action="store_true", help="exit once the queue stays empty")
     p.set_defaults(func=cmd_worker)
 
@@ -280,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("dlq", help="show a queue's dead letters with their reasons, or move them back")
-    p.add_argument("name", help="queue key (ingest, clips, echo, ...) or full queue name")
+    p.add_argument("name", help="a worker (ingest, finalizer, ...) or a queue key (finalize, ...)")
     p.add_argument("--redrive", action="store_true", help="move every dead letter back to its queue")
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=cmd_dlq)
@@ -292,14 +315,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the fleet end to end on an embedded emulator and print a summary")
     p.set_defaults(func=cmd_demo)
+    for spec in registry().workers.values():
+        if spec.cli:
+            load(spec.cli)(sub)  # a worker's own commands; each sets `func(args) -> int`
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return int(args.func(args))
     except ConfigError as exc:
+        print(f"fleet: {exc}", file=sys.stderr)
+        return 2
+    except UnknownWorker as exc:
         print(f"fleet: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

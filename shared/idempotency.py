@@ -1,6 +1,6 @@
 """Run a side effect at most once per key, guarded by a conditional put in `fleet-leases`.
 
-    guard = Idempotency(services.aws.dynamodb, settings.table("leases"))
+    guard = Idempotency(services.aws.dynamodb, settings.name_of(LEASES))
     result = await guard.run(f"notify#{job_id}", send, lease_seconds=ctx.tuning.visibility_timeout)
 
 - first caller: writes an IN_PROGRESS record that expires after `lease_seconds`, runs the function,
@@ -22,7 +22,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from botocore.exceptions import ClientError
 
+from shared.declaration import uses
 from shared.errors import Retry, is_conditional_failure
+from shared.resources import LEASES
 
 if TYPE_CHECKING:
     from types_aiobotocore_dynamodb import DynamoDBClient
@@ -107,3 +109,7 @@ class Idempotency:
         except ClientError as exc:
             if not is_conditional_failure(exc):
                 raise
+
+
+# What a worker that uses `Idempotency` declares (`WorkerSpec.uses`).
+USES_LEASES = uses(LEASES, "dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem")

@@ -1,62 +1,89 @@
-"""Every AWS resource of the fleet, declared once. `fleet bootstrap` creates them; infra/ reads the same
-list (`fleet bootstrap --print` emits it as JSON)."""
+"""The kinds of AWS resource a worker can declare, and the runtime's own two tables.
+
+A resource is declared once, as a constant in the package that owns it (`workers/ingest/resources.py`
+declares the landing bucket; compact imports it). Its `key` names its settings override
+(`FLEET_QUEUES__INGEST=files-in`) and its `default` is the contract name, before `FLEET_PREFIX`.
+`fleet bootstrap`, the CLI, docker-compose and infra/ all read these declarations through the registry
+(`shared/registry.py`); nothing else lists resources.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
 
-from shared.settings import REDRIVE_MAX_RECEIVE_COUNT, FleetSettings
-
+# SQS redrive safety net: a message received this many times goes to the DLQ even if no worker
+# could record why (a crash loop). The runtime dead-letters earlier, with the reason attached.
+REDRIVE_MAX_RECEIVE_COUNT = 5
 DLQ_RETENTION_SECONDS = 14 * 24 * 3600
-CLIP_EVENT_PATTERN = {"detail-type": ["Begin Clip Generation"]}
+QUEUE_RETENTION_SECONDS = 7 * 24 * 3600
 
-# queue key -> the worker that consumes it (its tuning sets the queue's visibility timeout)
-QUEUE_WORKERS = {
-    "ingest": "ingest",
-    "compact": "compact",
-    "events": "aggregate",
-    "sync": "sync",
-    "download": "download",
-    "clips": "clips",
-    "finalize": "finalizer",
-    "echo": "echo",
-}
+
+class Names(Protocol):
+    """What resolving a name needs from the settings: the prefix and the renames of each kind."""
+
+    prefix: str
+
+    def renames(self, kind: str) -> Mapping[str, str]: ...
 
 
 @dataclass(frozen=True)
-class QueueSpec:
+class Resource:
     key: str
-    name: str
-    dlq: str
-    visibility_timeout: int
+    default: str
+    kind: ClassVar[str] = "resource"
+    overrides: ClassVar[str] = ""  # the FleetSettings field holding renames of this kind
+
+    @property
+    def ident(self) -> tuple[str, str]:
+        return (self.kind, self.key)
+
+    def name_in(self, names: Names) -> str:
+        """The real name: `FLEET_PREFIX` + the rename in settings, else the contract default."""
+        return names.prefix + names.renames(self.overrides).get(self.key, self.default)
+
+
+@dataclass(frozen=True)
+class Queue(Resource):
+    """A standard SQS queue with its DLQ (`<name>-dlq`) and a redrive policy as the last-resort net."""
+
     max_receive_count: int = REDRIVE_MAX_RECEIVE_COUNT
-    kind: str = "queue"
+    kind: ClassVar[str] = "queue"
+    overrides: ClassVar[str] = "queues"
 
 
 @dataclass(frozen=True)
-class BucketSpec:
-    name: str
-    notify_queue: str | None = None
-    notify_prefix: str = ""
-    kind: str = "bucket"
+class DeadLetters(Resource):
+    """A queue's DLQ: always named after its queue (`<queue name>-dlq`), renamed with it."""
+
+    kind: ClassVar[str] = "dlq"
+
+    @classmethod
+    def of(cls, queue: Queue) -> DeadLetters:
+        return cls(queue.key, queue.default)
+
+    def name_in(self, names: Names) -> str:
+        return Queue(self.key, self.default).name_in(names) + "-dlq"
 
 
 @dataclass(frozen=True)
-class IndexSpec:
+class Index:
     name: str
     hash_key: str
     range_key: str | None = None
 
 
 @dataclass(frozen=True)
-class TableSpec:
-    name: str
-    hash_key: str
+class Table(Resource):
+    """A DynamoDB table (on-demand); every key attribute is a string."""
+
+    hash_key: str = "pk"
     range_key: str | None = None
     ttl_attribute: str | None = None
-    indexes: tuple[IndexSpec, ...] = ()
-    kind: str = "table"
+    indexes: tuple[Index, ...] = ()
+    kind: ClassVar[str] = "table"
+    overrides: ClassVar[str] = "tables"
 
     def attributes(self) -> list[str]:
         names = [self.hash_key, *([self.range_key] if self.range_key else [])]
@@ -66,89 +93,71 @@ class TableSpec:
 
 
 @dataclass(frozen=True)
-class StreamSpec:
-    name: str
-    shards: int
-    kind: str = "stream"
+class Notify:
+    """S3 event notifications from a bucket prefix to a queue."""
+
+    queue: Queue
+    prefix: str = ""
+    events: tuple[str, ...] = ("s3:ObjectCreated:*",)
 
 
 @dataclass(frozen=True)
-class TopicSpec:
-    name: str
-    kind: str = "topic"
+class Bucket(Resource):
+    notify: tuple[Notify, ...] = ()
+    kind: ClassVar[str] = "bucket"
+    overrides: ClassVar[str] = "buckets"
 
 
 @dataclass(frozen=True)
-class BusSpec:
-    name: str
-    kind: str = "bus"
+class Stream(Resource):
+    shards: int = 2
+    kind: ClassVar[str] = "stream"
+    overrides: ClassVar[str] = "streams"
 
 
 @dataclass(frozen=True)
-class RuleSpec:
-    name: str
-    bus: str
-    pattern: dict[str, Any]
-    target_queue: str
-    kind: str = "rule"
+class Topic(Resource):
+    kind: ClassVar[str] = "topic"
+    overrides: ClassVar[str] = "topics"
 
 
 @dataclass(frozen=True)
-class SecretSpec:
-    name: str
-    placeholder: dict[str, str] = field(default_factory=dict)
-    kind: str = "secret"
+class Bus(Resource):
+    kind: ClassVar[str] = "bus"
+    overrides: ClassVar[str] = "buses"
 
 
-Spec = QueueSpec | BucketSpec | TableSpec | StreamSpec | TopicSpec | BusSpec | RuleSpec | SecretSpec
+@dataclass(frozen=True)
+class Rule(Resource):
+    """An EventBridge rule delivering matching events to a queue; `bus=None` is the default bus."""
+
+    pattern: Mapping[str, Any] = field(default_factory=dict)
+    target: Queue | None = None
+    bus: Bus | None = None
+    kind: ClassVar[str] = "rule"
+    overrides: ClassVar[str] = "rules"
 
 
-def declare(settings: FleetSettings) -> list[Spec]:
-    s = settings
-    specs: list[Spec] = []
-    for key, worker in QUEUE_WORKERS.items():
-        name = s.queue(key)
-        specs.append(QueueSpec(key, name, f"{name}-dlq", s.tuning(worker).visibility_timeout))
-    specs += [
-        BucketSpec(s.bucket("landing"), notify_queue=s.queue("ingest"), notify_prefix="incoming/"),
-        BucketSpec(s.bucket("lake")),
-        BucketSpec(s.bucket("media")),
-        # Files, manifests and per-date slots; the sparse "todo" index lists only work still owed
-        # (pending files by date and age, open manifests by lease expiry) — workers/ingest/store.py.
-        TableSpec(
-            s.table("files"),
-            "date_prefix",
-            "file_key",
-            indexes=(IndexSpec("todo", "todo", "todo_order"),),
-        ),
-        TableSpec(s.table("metrics"), "entity_id", "entity_type"),
-        TableSpec(s.table("sync"), "media_id"),
-        TableSpec(s.table("clips"), "pk", "sk"),
-        TableSpec(s.table("jobs"), "execution_id"),
-        TableSpec(s.table("leases"), "pk", ttl_attribute="ttl"),
-        StreamSpec(s.name(s.stream_events), s.stream_shards),
-        TopicSpec(s.name(s.topic_notifications)),
-        BusSpec(s.name(s.bus_alerts)),
-        RuleSpec(s.name("fleet-clips-begin"), "default", CLIP_EVENT_PATTERN, s.queue("clips")),
-        SecretSpec(
-            s.name(s.secret_media_provider),
-            placeholder={
-                "client_id": "",
-                "client_secret": "",
-                "access_token": "",
-                "refresh_token": "",
-                "expires_at": "1970-01-01T00:00:00Z",
-            },
-        ),
-    ]
-    return specs
+@dataclass(frozen=True)
+class Secret(Resource):
+    """A Secrets Manager secret; bootstrap creates it with `placeholder` (field names, empty values)."""
+
+    placeholder: Mapping[str, str] = field(default_factory=dict)
+    kind: ClassVar[str] = "secret"
+    overrides: ClassVar[str] = "secrets"
 
 
-def as_json(specs: list[Spec]) -> list[dict[str, Any]]:
-    out = []
-    for spec in specs:
-        data = asdict(spec)
-        if isinstance(spec, SecretSpec):
-            data.pop("placeholder")  # the shape is documented; values never leave the secret store
-        out.append(data)
-    return out
+@dataclass(frozen=True)
+class Metrics(Resource):
+    """CloudWatch metrics (`PutMetricData` takes no resource ARN: IAM grants it on `*`)."""
+
+    kind: ClassVar[str] = "metrics"
+    overrides: ClassVar[str] = ""
+
+
+KINDS: tuple[type[Resource], ...] = (Queue, Table, Bucket, Stream, Topic, Bus, Rule, Secret)
+
+# The runtime's own resources, used by every worker.
+JOBS = Table("jobs", "fleet-jobs", hash_key="execution_id")
+LEASES = Table("leases", "fleet-leases", hash_key="pk", ttl_attribute="ttl")
+CLOUDWATCH = Metrics("cloudwatch", "*")

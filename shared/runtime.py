@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -31,6 +30,7 @@ from shared.errors import FleetError, Poison, Retry, Transient, classify
 from shared.health import HealthState, write_health
 from shared.logs import log_context
 from shared.middleware import Middleware, Outcome, default_middleware
+from shared.resources import DeadLetters, Queue
 from shared.settings import WorkerTuning, ceil_seconds
 from shared.stage import Context, Message, Services, Stage, Ticking
 
@@ -53,15 +53,12 @@ class RunStats:
     released: int = 0
 
 
-async def resolve_queue(services: Services, queue_name: str) -> tuple[str, str | None]:
+async def resolve_queue(services: Services, queue: Queue) -> tuple[str, str]:
     """The queue's URL and its DLQ's URL, read from the API (never built by hand)."""
     sqs = services.aws.sqs
-    url = (await sqs.get_queue_url(QueueName=queue_name))["QueueUrl"]
-    attrs = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"]))["Attributes"]
-    dlq_url = None
-    if "RedrivePolicy" in attrs:
-        dlq_arn = json.loads(attrs["RedrivePolicy"])["deadLetterTargetArn"]
-        dlq_url = (await sqs.get_queue_url(QueueName=dlq_arn.rsplit(":", 1)[-1]))["QueueUrl"]
+    settings = services.settings
+    url = (await sqs.get_queue_url(QueueName=settings.name_of(queue)))["QueueUrl"]
+    dlq_url = (await sqs.get_queue_url(QueueName=settings.name_of(DeadLetters.of(queue))))["QueueUrl"]
     return url, dlq_url
 
 
@@ -102,8 +99,8 @@ class Worker:
         self._tick_pending = False
 
     @classmethod
-    async def create(cls, stage: Stage[Any], services: Services, **kwargs: Any) -> Worker:
-        url, dlq = await resolve_queue(services, services.settings.queue(stage.queue))
+    async def create(cls, stage: Stage[Any], services: Services, *, queue: Queue, **kwargs: Any) -> Worker:
+        url, dlq = await resolve_queue(services, queue)
         return cls(stage, services, queue_url=url, dlq_url=dlq, **kwargs)
 
     # --- lifecycle -------------------------------------------------------------------------------

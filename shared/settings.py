@@ -6,7 +6,8 @@ Nested values use `__`: `FLEET_WORKERS__CLIPS__CONCURRENCY=2`, `FLEET_QUEUES__IN
 from __future__ import annotations
 
 import math
-from typing import Literal, Self, TypeVar
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Annotated, Literal, Self, TypeVar
 
 from pydantic import (
     AliasChoices,
@@ -20,9 +21,10 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# SQS redrive safety net: a message received this many times goes to the DLQ even if no worker
-# could record why (a crash loop). The runtime dead-letters earlier, with the reason attached.
-REDRIVE_MAX_RECEIVE_COUNT = 5
+from shared.resources import REDRIVE_MAX_RECEIVE_COUNT
+
+if TYPE_CHECKING:
+    from shared.resources import Resource
 
 
 class WorkerTuning(BaseModel):
@@ -66,33 +68,8 @@ class WorkerTuning(BaseModel):
         return self.concurrency * 2 + 10
 
 
-class QueueNames(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    ingest: str = "fleet-ingest"
-    compact: str = "fleet-compact"
-    events: str = "fleet-events"
-    sync: str = "fleet-sync"
-    download: str = "fleet-download"
-    clips: str = "fleet-clips"
-    finalize: str = "fleet-finalize"
-    echo: str = "fleet-echo"
-
-
-class BucketNames(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    landing: str = "fleet-landing"
-    lake: str = "fleet-lake"
-    media: str = "fleet-media"
-
-
-class TableNames(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    files: str = "fleet-files"
-    metrics: str = "fleet-metrics"
-    sync: str = "fleet-sync"
-    clips: str = "fleet-clips"
-    jobs: str = "fleet-jobs"
-    leases: str = "fleet-leases"
+RENAME_FIELDS = ("queues", "tables", "buckets", "streams", "topics", "buses", "rules", "secrets")
+ResourceName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_./-]{1,200}$")]
 
 
 class FleetSettings(BaseSettings):
@@ -118,14 +95,15 @@ class FleetSettings(BaseSettings):
     metrics_namespace: str = "Fleet"
     health_dir: str = "/tmp/fleet-health"
 
-    queues: QueueNames = QueueNames()
-    buckets: BucketNames = BucketNames()
-    tables: TableNames = TableNames()
-    stream_events: str = "fleet-events"
-    stream_shards: int = Field(2, ge=1, le=64)
-    topic_notifications: str = "fleet-notifications"
-    bus_alerts: str = "fleet-alerts"
-    secret_media_provider: str = "fleet/media-provider"
+    # Renames of declared resources, by key: FLEET_QUEUES__INGEST=files-in (see shared/resources.py).
+    queues: dict[str, ResourceName] = Field(default_factory=dict)
+    tables: dict[str, ResourceName] = Field(default_factory=dict)
+    buckets: dict[str, ResourceName] = Field(default_factory=dict)
+    streams: dict[str, ResourceName] = Field(default_factory=dict)
+    topics: dict[str, ResourceName] = Field(default_factory=dict)
+    buses: dict[str, ResourceName] = Field(default_factory=dict)
+    rules: dict[str, ResourceName] = Field(default_factory=dict)
+    secrets: dict[str, ResourceName] = Field(default_factory=dict)
 
     defaults: WorkerTuning = WorkerTuning()
     workers: dict[str, dict[str, object]] = Field(
@@ -156,21 +134,24 @@ class FleetSettings(BaseSettings):
             raise ValueError(f"endpoint_url must start with http:// or https://, got {self.endpoint_url!r}")
         return self
 
-    def tuning(self, worker: str) -> WorkerTuning:
+    def tuning(self, worker: str, declared: Mapping[str, object] | None = None) -> WorkerTuning:
+        """Built-in defaults < `FLEET_DEFAULTS__*` < the worker's declared tuning < `FLEET_WORKERS__<NAME>__*`."""
         overrides = self.workers.get(worker, {})
-        return WorkerTuning.model_validate({**self.defaults.model_dump(), **overrides})
+        return WorkerTuning.model_validate({**self.defaults.model_dump(), **(declared or {}), **overrides})
 
     def name(self, raw: str) -> str:
         return f"{self.prefix}{raw}"
 
-    def queue(self, key: str) -> str:
-        return self.name(getattr(self.queues, key))
+    def name_of(self, resource: Resource) -> str:
+        return resource.name_in(self)
 
-    def bucket(self, key: str) -> str:
-        return self.name(getattr(self.buckets, key))
+    def renames(self, kind: str) -> Mapping[str, str]:
+        value = getattr(self, kind, None) if kind in RENAME_FIELDS else None
+        return value if isinstance(value, dict) else {}
 
-    def table(self, key: str) -> str:
-        return self.name(getattr(self.tables, key))
+    @staticmethod
+    def rename_fields() -> tuple[str, ...]:
+        return RENAME_FIELDS
 
 
 class ConfigError(Exception):

@@ -88,14 +88,13 @@ class Context:
 
 
 class Stage(Protocol[M]):
-    """A pipeline stage. `name` is the worker name; `queue` the key of its queue in settings.
+    """A pipeline stage. `name` is the worker name (its queue comes from its `WorkerSpec`).
 
     `parse` turns a raw body into the stage's message or raises `Poison`; `handle` does the work and
     raises `Retry`/`Fatal` (or anything else, treated as retryable) to say how it failed.
     """
 
     name: str
-    queue: str
 
     def parse(self, body: str) -> M: ...
 

@@ -21,7 +21,7 @@ import pytest
 from shared.app import open_services
 from shared.bootstrap import Bootstrapper
 from shared.emulator import EmbeddedAws
-from shared.resources import declare
+from shared.registry import discover
 from shared.settings import FleetSettings, load_settings
 from shared.stage import Services
 
@@ -98,7 +98,7 @@ async def services(settings: FleetSettings) -> AsyncIterator[Services]:
 @pytest.fixture
 async def fleet(services: Services) -> Services:
     """Services with every declared resource created under the test's prefix."""
-    await Bootstrapper(services.aws).run(declare(services.settings))
+    await Bootstrapper(services.aws, discover()).run()
     return services
 
 

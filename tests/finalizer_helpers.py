@@ -17,6 +17,7 @@ from shared.stage import Services
 from tests.helpers import fast_tuning
 from workers.finalizer.config import FinalizerSettings
 from workers.finalizer.demo import subscribe_queue
+from workers.finalizer.resources import FINALIZE
 from workers.finalizer.stage import FinalizerStage
 
 # seeds/000 §3, verbatim (the failure event's elided id completed to a real UUID)
@@ -83,7 +84,9 @@ async def run_finalizer(
     stage: FinalizerStage, services: Services, *, tune: WorkerTuning | None = None, timeout: float = 60
 ) -> Worker:
     """The real runtime, in burst mode, until the finalize queue is empty."""
-    worker = await Worker.create(stage, services, tuning=tune or tuning(), burst=True, install_signals=False)
+    worker = await Worker.create(
+        stage, services, queue=FINALIZE, tuning=tune or tuning(), burst=True, install_signals=False
+    )
     await asyncio.wait_for(worker.run(), timeout)
     return worker
 

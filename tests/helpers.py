@@ -11,9 +11,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from shared.resources import DeadLetters, Queue
 from shared.runtime import Worker
 from shared.settings import WorkerTuning
 from shared.stage import Context, Services, parse_body
+from workers.echo import ECHO
 
 
 class Job(BaseModel):
@@ -27,7 +29,6 @@ class ScriptedStage:
 
     behaviour: Callable[[Job, Context], Awaitable[None]] | None = None
     name: str = "echo"
-    queue: str = "echo"
     calls: list[tuple[int, int, float]] = field(default_factory=list)  # (n, attempt, monotonic time)
     running: int = 0
     max_running: int = 0
@@ -60,11 +61,10 @@ def fast_tuning(**overrides: Any) -> WorkerTuning:
     return WorkerTuning(**{**base, **overrides})
 
 
-async def queue_urls(services: Services, key: str = "echo") -> tuple[str, str]:
+async def queue_urls(services: Services, queue: Queue = ECHO) -> tuple[str, str]:
     sqs = services.aws.sqs
-    name = services.settings.queue(key)
-    url = (await sqs.get_queue_url(QueueName=name))["QueueUrl"]
-    dlq = (await sqs.get_queue_url(QueueName=f"{name}-dlq"))["QueueUrl"]
+    url = (await sqs.get_queue_url(QueueName=services.settings.name_of(queue)))["QueueUrl"]
+    dlq = (await sqs.get_queue_url(QueueName=services.settings.name_of(DeadLetters.of(queue))))["QueueUrl"]
     return url, dlq
 
 
@@ -95,7 +95,9 @@ async def drain_queue(services: Services, url: str, wait: int = 1) -> list[dict[
             await sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
 
 
-async def run_burst(stage: Any, services: Services, tuning: WorkerTuning, timeout: float = 60) -> Worker:
-    worker = await Worker.create(stage, services, tuning=tuning, burst=True, install_signals=False)
+async def run_burst(
+    stage: Any, services: Services, tuning: WorkerTuning, timeout: float = 60, queue: Queue = ECHO
+) -> Worker:
+    worker = await Worker.create(stage, services, queue=queue, tuning=tuning, burst=True, install_signals=False)
     await asyncio.wait_for(worker.run(), timeout)
     return worker

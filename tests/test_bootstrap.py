@@ -6,34 +6,37 @@ import json
 from urllib.parse import unquote_plus
 
 from shared.bootstrap import Bootstrapper
-from shared.resources import QueueSpec, TableSpec, declare
+from shared.registry import discover
+from shared.resources import DeadLetters, Queue
 from shared.stage import Services
+from workers.finalizer.resources import FINALIZE
+from workers.ingest.resources import FILES, INGEST, LANDING
 
 
 async def test_bootstrap_creates_everything_then_is_a_no_op(services: Services) -> None:
-    # Given an empty account (fresh prefix)
-    specs = declare(services.settings)
+    # Given an empty account (fresh prefix) and the installed workers' declarations
+    registry = discover()
 
     # When bootstrap runs twice
-    first = await Bootstrapper(services.aws).run(specs)
-    second = await Bootstrapper(services.aws).run(specs)
+    first = await Bootstrapper(services.aws, registry).run()
+    second = await Bootstrapper(services.aws, registry).run()
 
-    # Then the first run created every resource and the second changed nothing
+    # Then the first run created every declared resource and the second changed nothing
     assert {c.action for c in first} == {"created"}
-    assert len(first) == len(specs)
+    assert sorted(c.name for c in first) == sorted(services.settings.name_of(r) for r in registry.resources())
     assert {c.action for c in second} == {"unchanged"}, [c for c in second if c.action != "unchanged"]
 
 
 async def test_queues_have_their_dlq_with_redrive_after_5_receives(fleet: Services) -> None:
     # Given a bootstrapped fleet
     sqs = fleet.aws.sqs
-    for spec in declare(fleet.settings):
-        if not isinstance(spec, QueueSpec):
-            continue
+    queues = [r for r in discover().resources() if isinstance(r, Queue)]
+    assert queues
+    for queue in queues:
         # When the queue's attributes are read back
-        url = (await sqs.get_queue_url(QueueName=spec.name))["QueueUrl"]
+        url = (await sqs.get_queue_url(QueueName=fleet.settings.name_of(queue)))["QueueUrl"]
         attrs = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"]))["Attributes"]
-        dlq_url = (await sqs.get_queue_url(QueueName=f"{spec.name}-dlq"))["QueueUrl"]
+        dlq_url = (await sqs.get_queue_url(QueueName=fleet.settings.name_of(DeadLetters.of(queue))))["QueueUrl"]
         dlq_arn = (await sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"]))["Attributes"]
         # Then it redrives to its own DLQ after 5 receives
         redrive = json.loads(attrs["RedrivePolicy"])
@@ -44,15 +47,15 @@ async def test_queues_have_their_dlq_with_redrive_after_5_receives(fleet: Servic
 async def test_a_drifted_queue_is_corrected(fleet: Services) -> None:
     # Given someone changed a queue's visibility timeout by hand
     sqs = fleet.aws.sqs
-    url = (await sqs.get_queue_url(QueueName=fleet.settings.queue("clips")))["QueueUrl"]
+    url = (await sqs.get_queue_url(QueueName=fleet.settings.name_of(FINALIZE)))["QueueUrl"]
     await sqs.set_queue_attributes(QueueUrl=url, Attributes={"VisibilityTimeout": "7"})
 
     # When bootstrap runs again
-    changes = await Bootstrapper(fleet.aws).run(declare(fleet.settings))
+    changes = await Bootstrapper(fleet.aws, discover()).run()
 
     # Then exactly that queue is reported updated and restored
     assert [(c.name, c.action) for c in changes if c.action != "unchanged"] == [
-        (fleet.settings.queue("clips"), "updated")
+        (fleet.settings.name_of(FINALIZE), "updated")
     ]
     attrs = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["VisibilityTimeout"]))["Attributes"]
     assert attrs["VisibilityTimeout"] == "30"
@@ -62,11 +65,11 @@ async def test_landing_uploads_notify_the_ingest_queue(fleet: Services) -> None:
     # Given a bootstrapped fleet
     s = fleet.settings
     # When a file lands under incoming/
-    await fleet.aws.s3.put_object(Bucket=s.bucket("landing"), Key="incoming/2026-11-24/a b.ndjson", Body=b"{}\n")
+    await fleet.aws.s3.put_object(Bucket=s.name_of(LANDING), Key="incoming/2026-11-24/a b.ndjson", Body=b"{}\n")
 
     # Then an S3 ObjectCreated notification reaches fleet-ingest
     sqs = fleet.aws.sqs
-    url = (await sqs.get_queue_url(QueueName=s.queue("ingest")))["QueueUrl"]
+    url = (await sqs.get_queue_url(QueueName=s.name_of(INGEST)))["QueueUrl"]
     records = []
     for _ in range(5):
         resp = await sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
@@ -79,26 +82,12 @@ async def test_landing_uploads_notify_the_ingest_queue(fleet: Services) -> None:
     assert unquote_plus(records[0]["s3"]["object"]["key"]) == "incoming/2026-11-24/a b.ndjson"
 
 
-async def test_clip_events_on_the_default_bus_reach_the_clips_queue(fleet: Services) -> None:
-    # Given a bootstrapped fleet
-    s = fleet.settings
-    # When a "Begin Clip Generation" event is put on the default bus
-    await fleet.aws.events.put_events(
-        Entries=[{"Source": "studio", "DetailType": "Begin Clip Generation", "Detail": json.dumps({"x": 1})}]
-    )
-    # Then it arrives on fleet-clips
-    sqs = fleet.aws.sqs
-    url = (await sqs.get_queue_url(QueueName=s.queue("clips")))["QueueUrl"]
-    resp = await sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=1, WaitTimeSeconds=2)
-    (msg,) = resp["Messages"]
-    assert json.loads(msg["Body"])["detail-type"] == "Begin Clip Generation"
-
-
 async def test_a_table_from_an_older_release_gets_its_new_index(services: Services) -> None:
     # Given the files table as an older release created it: no index
-    spec = next(s for s in declare(services.settings) if isinstance(s, TableSpec) and s.indexes)
+    spec = FILES
+    name = services.settings.name_of(spec)
     await services.aws.dynamodb.create_table(
-        TableName=spec.name,
+        TableName=name,
         KeySchema=[
             {"AttributeName": spec.hash_key, "KeyType": "HASH"},
             {"AttributeName": spec.range_key or "", "KeyType": "RANGE"},
@@ -110,10 +99,10 @@ async def test_a_table_from_an_older_release_gets_its_new_index(services: Servic
     )
 
     # When bootstrap runs
-    changes = await Bootstrapper(services.aws).run([spec])
+    changes = await Bootstrapper(services.aws, discover()).run([spec])
 
     # Then the index is added and the table reported updated
     assert [c.action for c in changes] == ["updated"]
-    table = (await services.aws.dynamodb.describe_table(TableName=spec.name))["Table"]
+    table = (await services.aws.dynamodb.describe_table(TableName=name))["Table"]
     assert [ix["IndexName"] for ix in table["GlobalSecondaryIndexes"]] == [ix.name for ix in spec.indexes]
-    assert [c.action for c in await Bootstrapper(services.aws).run([spec])] == ["unchanged"]
+    assert [c.action for c in await Bootstrapper(services.aws, discover()).run([spec])] == ["unchanged"]

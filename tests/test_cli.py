@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import uuid
 
+from shared.resources import LEASES
 from shared.settings import FleetSettings
 from shared.stage import Services
 from tests.helpers import drain_queue, queue_urls, send
 from tests.test_process import run_fleet
+from workers.finalizer.resources import FINALIZE
 
 fleet = run_fleet
 
@@ -28,7 +30,7 @@ async def test_bootstrap_print_emits_the_declared_resources(settings: FleetSetti
     # Then it is JSON naming every contract resource, prefixed, without secret values
     resources = json.loads(result.stdout)
     names = {r["name"] for r in resources}
-    assert settings.queue("finalize") in names and settings.table("leases") in names
+    assert settings.name_of(FINALIZE) in names and settings.name_of(LEASES) in names
     assert all("placeholder" not in r for r in resources)
 
 

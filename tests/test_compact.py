@@ -20,8 +20,10 @@ from tests.helpers import drain_queue, fast_tuning, queue_urls, send
 from tests.test_process import run_fleet
 from workers.compact.config import CompactConfig
 from workers.compact.stage import CompactStage
+from workers.finalizer.resources import FINALIZE
 from workers.ingest.config import IngestConfig
 from workers.ingest.layout import Manifest
+from workers.ingest.resources import COMPACT, FILES, INGEST, LAKE, LANDING
 from workers.ingest.stage import IngestStage
 from workers.ingest.submit import upload_files
 
@@ -33,7 +35,8 @@ def tuning(**overrides: Any) -> WorkerTuning:
 
 
 async def run(stage: Any, services: Services) -> Worker:
-    worker = await Worker.create(stage, services, tuning=tuning(), burst=True, install_signals=False)
+    queue = INGEST if isinstance(stage, IngestStage) else COMPACT
+    worker = await Worker.create(stage, services, queue=queue, tuning=tuning(), burst=True, install_signals=False)
     await asyncio.wait_for(worker.run(), 60)
     return worker
 
@@ -53,7 +56,7 @@ async def ingest(services: Services, tmp_path: Path, files: dict[str, bytes]) ->
 
 
 async def lake_objects(services: Services, prefix: str) -> list[tuple[str, bytes]]:
-    s3, lake = services.aws.s3, services.settings.bucket("lake")
+    s3, lake = services.aws.s3, services.settings.name_of(LAKE)
     listed = await s3.list_objects_v2(Bucket=lake, Prefix=prefix)
     out = []
     for obj in listed.get("Contents", []):
@@ -73,7 +76,7 @@ async def quarantine(services: Services, manifest_id: str) -> list[dict[str, Any
 
 async def item(services: Services, file_key: str) -> dict[str, Any]:
     resp = await services.aws.dynamodb.get_item(
-        TableName=services.settings.table("files"),
+        TableName=services.settings.name_of(FILES),
         Key={"date_prefix": {"S": DATE}, "file_key": {"S": file_key}},
         ConsistentRead=True,
     )
@@ -167,7 +170,7 @@ async def test_a_compacted_manifest_is_handed_to_the_finalizer_once_and_its_stat
     await run(CompactStage(fleet), fleet)
 
     # When its compact job is delivered again (a duplicate hand-off, or an operator's re-run)
-    url, _ = await queue_urls(fleet, "compact")
+    url, _ = await queue_urls(fleet, COMPACT)
     job = {
         "manifest_id": manifest.manifest_id,
         "date_prefix": DATE,
@@ -185,7 +188,7 @@ async def test_a_compacted_manifest_is_handed_to_the_finalizer_once_and_its_stat
     assert [t.num_rows for t in tables] == [6]
     assert len(await quarantine(fleet, manifest.manifest_id)) == 4
     # and the finalizer got exactly one event, shaped like the seed's, keyed by this pipeline's stages
-    finalize_url = (await fleet.aws.sqs.get_queue_url(QueueName=fleet.settings.queue("finalize")))["QueueUrl"]
+    finalize_url = (await fleet.aws.sqs.get_queue_url(QueueName=fleet.settings.name_of(FINALIZE)))["QueueUrl"]
     events = [json.loads(m["Body"]) for m in await drain_queue(fleet, finalize_url, wait=0)]
     assert len(events) == 1
     event = events[0]
@@ -242,7 +245,7 @@ async def test_a_source_changed_or_deleted_after_its_notification_is_reported_no
     manifest = await ingest(
         fleet, tmp_path, {"keep.ndjson": lines({"a": 1}), "changed.ndjson": lines({"a": 2}), "gone.ndjson": b"{}\n"}
     )
-    s3, landing = fleet.aws.s3, fleet.settings.bucket("landing")
+    s3, landing = fleet.aws.s3, fleet.settings.name_of(LANDING)
     keys = {f.key.rsplit("/", 1)[-1]: f.key for f in manifest.files}
     await s3.put_object(Bucket=landing, Key=keys["changed.ndjson"], Body=lines({"a": 99}, {"a": 100}))
     await s3.delete_object(Bucket=landing, Key=keys["gone.ndjson"])
@@ -266,7 +269,7 @@ async def test_a_source_changed_or_deleted_after_its_notification_is_reported_no
 async def test_a_job_naming_another_key_or_a_missing_manifest_is_dead_lettered(fleet: Services) -> None:
     # Given a job whose manifest key is not the one its id names, and a job for a manifest never written
     mid = "0b7e7c1e-9a7d-4a43-9c51-0a5a3c2d9f10"
-    url, dlq = await queue_urls(fleet, "compact")
+    url, dlq = await queue_urls(fleet, COMPACT)
     await send(fleet, url, [{"manifest_id": mid, "date_prefix": DATE, "manifest_key": "incoming/secret.json"}])
     await fleet.aws.sqs.send_message(
         QueueUrl=url,
@@ -283,7 +286,7 @@ async def test_a_job_naming_another_key_or_a_missing_manifest_is_dead_lettered(f
     dead = await drain_queue(fleet, dlq, wait=0)
     codes = sorted(m["MessageAttributes"]["fleet.error-code"]["StringValue"] for m in dead)
     assert codes == ["INVALID", "MANIFEST_NOT_FOUND"]
-    finalize_url = (await fleet.aws.sqs.get_queue_url(QueueName=fleet.settings.queue("finalize")))["QueueUrl"]
+    finalize_url = (await fleet.aws.sqs.get_queue_url(QueueName=fleet.settings.name_of(FINALIZE)))["QueueUrl"]
     [event] = [json.loads(m["Body"]) for m in await drain_queue(fleet, finalize_url, wait=0)]
     assert (event["status"], event["error"]["error_code"]) == ("FAILED", "MANIFEST_NOT_FOUND")
 

@@ -11,7 +11,6 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.final_event import final_event, send_final_event
 from shared.stage import Services
 from tests.finalizer_helpers import (
     FIVE_METRICS,
@@ -29,13 +28,15 @@ from tests.finalizer_helpers import (
     tuning,
     with_cloudwatch,
 )
+from workers.finalizer.final_event import final_event, send_final_event
+from workers.finalizer.resources import FINALIZE, MEDIA
 from workers.finalizer.stage import FinalizerStage
 
 CONSOLE = "https://s3.console.aws.amazon.com/s3/object"
 
 
 async def dead_letters(services: Services) -> list[dict[str, Any]]:
-    url = await queue_url(services, services.settings.queue("finalize") + "-dlq")
+    url = await queue_url(services, services.settings.name_of(FINALIZE) + "-dlq")
     resp = await services.aws.sqs.receive_message(
         QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0, MessageAttributeNames=["All"]
     )
@@ -46,7 +47,7 @@ async def test_success_event_completes_the_job_notifies_and_records_the_five_met
     # Given a submitted job whose transcribe stage is already recorded, its video in S3 (1.5 MiB),
     # a queue subscribed to the notifications topic, and metrics going to CloudWatch
     services = with_cloudwatch(fleet)
-    media = services.settings.bucket("media")
+    media = services.settings.name_of(MEDIA)
     event = seed_event(SEED_SUCCESS, bucket=media)
     job_id = event["execution_id"]
     await services.aws.s3.put_object(Bucket=media, Key="videos/meeting.mp4", Body=b"\0" * 1_572_864)
@@ -207,7 +208,7 @@ async def test_a_failed_transcription_fails_the_job(fleet: Services) -> None:
 async def test_an_event_without_a_submitted_job_creates_its_tracking_item(fleet: Services) -> None:
     # Given a final event sent by hand: no job item, no job-id attribute
     event = seed_event(SEED_SUCCESS)
-    url = await queue_url(fleet, fleet.settings.queue("finalize"))
+    url = await queue_url(fleet, fleet.settings.name_of(FINALIZE))
     await fleet.aws.sqs.send_message(QueueUrl=url, MessageBody=json.dumps(event))
 
     # When it is finalized
@@ -252,7 +253,7 @@ async def test_duplicate_deliveries_send_one_notification_and_record_metrics_onc
 
 async def test_malformed_events_are_dead_lettered_at_once_with_the_reason(fleet: Services) -> None:
     # Given malformed final events on the queue, next to a good one
-    url = await queue_url(fleet, fleet.settings.queue("finalize"))
+    url = await queue_url(fleet, fleet.settings.name_of(FINALIZE))
     good = seed_event(SEED_SUCCESS)
     bad = {
         "bad-uuid": {**seed_event(SEED_SUCCESS), "execution_id": "550e8400-..."},
@@ -304,7 +305,7 @@ async def test_presigned_links_download_the_outputs_and_never_reach_the_logs(
 ) -> None:
     # Given a transcript in S3 and the finalizer set to presigned download links
     caplog.set_level(logging.DEBUG, logger="fleet")  # botocore's own DEBUG prints signatures by design
-    media = fleet.settings.bucket("media")
+    media = fleet.settings.name_of(MEDIA)
     await fleet.aws.s3.put_object(Bucket=media, Key="e1/transcript.json", Body=b'{"text": "hello"}')
     event = seed_event(SEED_SUCCESS)
     event["processing_results"]["transcription"]["transcript_uri"] = f"s3://{media}/e1/transcript.json"

@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from shared.app import load_stage
 from shared.cli import build_parser
+from shared.registry import discover
 from shared.stage import JOB_ID_ATTRIBUTE, Services
 from tests.finalizer_helpers import SEED_SUCCESS, queue_url, seed_event
-from workers import REGISTRY, load_stage
 from workers.finalizer.demo import demo
+from workers.finalizer.resources import FINALIZE
 from workers.finalizer.stage import FinalizerStage
 
 
@@ -34,7 +36,7 @@ async def test_submit_finalize_reads_a_file_and_queues_the_event_under_its_execu
     job = await fleet.jobs.get(job_id)
     assert job is not None and job["kind"] == "finalize"
     assert job["detail"] == {"video_key": "videos/meeting.mp4", "bucket": "input-bucket"}
-    url = await queue_url(fleet, fleet.settings.queue("finalize"))
+    url = await queue_url(fleet, fleet.settings.name_of(FINALIZE))
     resp = await fleet.aws.sqs.receive_message(QueueUrl=url, MessageAttributeNames=["All"], WaitTimeSeconds=1)
     (message,) = resp["Messages"]
     assert json.loads(message["Body"]) == event
@@ -59,9 +61,10 @@ async def test_submit_finalize_reads_stdin_and_refuses_a_malformed_event(
 
 
 async def test_the_worker_is_registered(fleet: Services) -> None:
-    assert REGISTRY["finalizer"] == "workers.finalizer.stage:FinalizerStage"
-    stage = load_stage("finalizer", fleet)
-    assert isinstance(stage, FinalizerStage) and (stage.name, stage.queue) == ("finalizer", "finalize")
+    spec = discover().get("finalizer")
+    assert spec.queue == FINALIZE
+    stage = load_stage(spec, fleet)
+    assert isinstance(stage, FinalizerStage) and stage.name == "finalizer"
 
 
 async def test_demo_finalizes_three_jobs_and_shows_their_notifications(fleet: Services) -> None:

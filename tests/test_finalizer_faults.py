@@ -14,7 +14,6 @@ from aiobotocore.session import get_session
 
 from shared.clients import client_config
 from shared.dlq import redrive
-from shared.final_event import send_final_event
 from shared.stage import Services
 from tests.faultproxy import FaultProxy, Rule, amz_target, query_action
 from tests.finalizer_helpers import (
@@ -28,6 +27,8 @@ from tests.finalizer_helpers import (
     subscribe_tap,
     tuning,
 )
+from workers.finalizer.final_event import send_final_event
+from workers.finalizer.resources import FINALIZE
 from workers.finalizer.stage import FinalizerStage
 from workers.finalizer.tracking import dedicated_dynamodb
 
@@ -104,7 +105,7 @@ async def test_tracking_that_keeps_failing_sends_the_message_back_then_to_the_dl
     # Then each delivery tried 3 times, the runtime retried once, then dead-lettered it with the reason
     assert len(rule.hits) == 6
     assert (worker.stats.retried, worker.stats.dead_lettered) == (1, 1)
-    dlq = await queue_url(fleet, fleet.settings.queue("finalize") + "-dlq")
+    dlq = await queue_url(fleet, fleet.settings.name_of(FINALIZE) + "-dlq")
     resp = await fleet.aws.sqs.receive_message(QueueUrl=dlq, MessageAttributeNames=["All"], WaitTimeSeconds=0)
     (dead,) = resp["Messages"]
     assert attribute(dict(dead), "fleet.error").startswith(
@@ -118,7 +119,7 @@ async def test_tracking_that_keeps_failing_sends_the_message_back_then_to_the_dl
     )
 
     # When the outage is over and the dead letter is redriven
-    source = await queue_url(fleet, fleet.settings.queue("finalize"))
+    source = await queue_url(fleet, fleet.settings.name_of(FINALIZE))
     assert await redrive(fleet.aws.sqs, dlq, source) == 1
     await run_finalizer(FinalizerStage(fleet, config=fast_config()), fleet)
 

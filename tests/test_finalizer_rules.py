@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from shared.errors import Poison
-from shared.final_event import final_event
 from tests.finalizer_helpers import SEED_FAILURE, SEED_SUCCESS, seed_event
 from workers.finalizer.cost import bedrock_cost, calculate_cost, transcribe_cost
+from workers.finalizer.final_event import final_event
 from workers.finalizer.models import FinalEvent
 from workers.finalizer.notification import SUBJECT_LIMIT, build_notification, make_subject
 from workers.finalizer.status import determine_final_status

@@ -7,11 +7,12 @@ import asyncio
 import pytest
 
 from shared.idempotency import AlreadyInProgress, Idempotency
+from shared.resources import LEASES
 from shared.stage import Services
 
 
 def guard(fleet: Services) -> Idempotency:
-    return Idempotency(fleet.aws.dynamodb, fleet.settings.table("leases"))
+    return Idempotency(fleet.aws.dynamodb, fleet.settings.name_of(LEASES))
 
 
 async def test_a_side_effect_runs_once_and_later_callers_get_its_result(fleet: Services) -> None:
@@ -59,7 +60,7 @@ async def test_a_crashed_callers_lease_expires_and_is_taken_over(fleet: Services
     with pytest.raises(asyncio.CancelledError):
         await crashed
     await fleet.aws.dynamodb.put_item(
-        TableName=fleet.settings.table("leases"),
+        TableName=fleet.settings.name_of(LEASES),
         Item={
             "pk": {"S": "k2"},
             "status": {"S": "IN_PROGRESS"},

@@ -13,6 +13,7 @@ from urllib.parse import quote_plus
 import pytest
 
 from shared.app import open_services
+from shared.resources import Queue
 from shared.runtime import Worker
 from shared.settings import FleetSettings, WorkerTuning
 from shared.stage import Services
@@ -20,6 +21,7 @@ from tests.helpers import drain_queue, fast_tuning, queue_urls, send
 from workers.ingest.config import IngestConfig
 from workers.ingest.events import parse_notification
 from workers.ingest.layout import Manifest
+from workers.ingest.resources import COMPACT, FILES, INGEST, LAKE, LANDING
 from workers.ingest.stage import IngestStage
 
 DATE = "2024-03-01"
@@ -80,7 +82,7 @@ async def wait_until(condition: Callable[[], bool], timeout: float = 60) -> None
 async def feed(services: Services, bodies: list[dict[str, Any]], workers: list[Worker], depth: int = 80) -> None:
     """Send bodies in batches of 10, never letting the queue get deeper than `depth` (moto's receive
     costs time linear in queue depth)."""
-    url, _ = await queue_urls(services, "ingest")
+    url, _ = await queue_urls(services, INGEST)
     for start in range(0, len(bodies), 10):
         await wait_until(lambda sent=start: sent - settled(workers) <= depth)  # type: ignore[misc]
         await send(services, url, bodies[start : start + 10])
@@ -89,7 +91,7 @@ async def feed(services: Services, bodies: list[dict[str, Any]], workers: list[W
 async def run_until_handled(services: Services, stage: IngestStage, messages: int) -> Worker:
     """Run a worker until it has settled `messages` messages. (A burst worker would wait for the max
     wait to flush the pending files first.)"""
-    worker = await Worker.create(stage, services, tuning=tuning(), burst=False, install_signals=False)
+    worker = await Worker.create(stage, services, queue=INGEST, tuning=tuning(), burst=False, install_signals=False)
     running = asyncio.create_task(worker.run())
     await wait_until(lambda: settled([worker]) >= messages)
     worker.stop()
@@ -98,7 +100,7 @@ async def run_until_handled(services: Services, stage: IngestStage, messages: in
 
 
 async def lake_manifests(services: Services, date_prefix: str = DATE) -> list[Manifest]:
-    s3, lake = services.aws.s3, services.settings.bucket("lake")
+    s3, lake = services.aws.s3, services.settings.name_of(LAKE)
     listed = await s3.list_objects_v2(Bucket=lake, Prefix=f"manifests/{date_prefix}/")
     out = []
     for obj in listed.get("Contents", []):
@@ -108,12 +110,12 @@ async def lake_manifests(services: Services, date_prefix: str = DATE) -> list[Ma
 
 
 async def compact_jobs(services: Services) -> list[dict[str, Any]]:
-    url, _ = await queue_urls(services, "compact")
+    url, _ = await queue_urls(services, COMPACT)
     return [json.loads(m["Body"]) for m in await drain_queue(services, url, wait=0)]
 
 
 async def file_items(services: Services, date_prefix: str = DATE) -> list[dict[str, Any]]:
-    ddb, table = services.aws.dynamodb, services.settings.table("files")
+    ddb, table = services.aws.dynamodb, services.settings.name_of(FILES)
     items: list[dict[str, Any]] = []
     kwargs: dict[str, Any] = {}
     while True:
@@ -132,14 +134,14 @@ async def file_items(services: Services, date_prefix: str = DATE) -> list[dict[s
 
 async def manifest_state(services: Services, manifest_id: str, date_prefix: str = DATE) -> str:
     resp = await services.aws.dynamodb.get_item(
-        TableName=services.settings.table("files"),
+        TableName=services.settings.name_of(FILES),
         Key={"date_prefix": {"S": date_prefix}, "file_key": {"S": f"m#{manifest_id}"}},
         ConsistentRead=True,
     )
     return str(resp["Item"]["state"]["S"])
 
 
-async def queue_depth(services: Services, key: str) -> int:
+async def queue_depth(services: Services, key: Queue) -> int:
     url, _ = await queue_urls(services, key)
     attrs = await services.aws.sqs.get_queue_attributes(
         QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
@@ -202,7 +204,7 @@ def test_test_events_other_event_types_and_invalid_records_are_told_apart() -> N
 async def test_repeated_notifications_and_multipart_completions_track_a_file_once(fleet: Services) -> None:
     # Given a multipart upload (moto sends an extra ObjectCreated for its completion) and a small file,
     # whose notification is then delivered again
-    s3, landing = fleet.aws.s3, fleet.settings.bucket("landing")
+    s3, landing = fleet.aws.s3, fleet.settings.name_of(LANDING)
     key = f"incoming/{DATE}/big file.ndjson"
     upload = await s3.create_multipart_upload(Bucket=landing, Key=key)
     part1 = await s3.upload_part(
@@ -216,7 +218,7 @@ async def test_repeated_notifications_and_multipart_completions_track_a_file_onc
         MultipartUpload={"Parts": [{"ETag": part1["ETag"], "PartNumber": 1}, {"ETag": part2["ETag"], "PartNumber": 2}]},
     )
     small = await s3.put_object(Bucket=landing, Key=f"incoming/{DATE}/small.ndjson", Body=b'{"b":2}\n')
-    url, _ = await queue_urls(fleet, "ingest")
+    url, _ = await queue_urls(fleet, INGEST)
     await send(fleet, url, [s3_event(landing, f"incoming/{DATE}/small.ndjson", small["ETag"].strip('"'))])
 
     # When the ingest worker consumes every notification (test event included)
@@ -235,10 +237,10 @@ async def test_invalid_records_are_dead_lettered_after_their_valid_neighbours_ar
     fleet: Services,
 ) -> None:
     # Given a notification with one good record and one from a bucket ingest must not read
-    landing = fleet.settings.bucket("landing")
+    landing = fleet.settings.name_of(LANDING)
     body = s3_event(landing, f"incoming/{DATE}/good.ndjson", etag_of(1))
     body["Records"] += s3_event("someone-elses-bucket", f"incoming/{DATE}/x.ndjson", etag_of(2))["Records"]
-    url, dlq = await queue_urls(fleet, "ingest")
+    url, dlq = await queue_urls(fleet, INGEST)
     await send(fleet, url, [body, "not json"])
 
     # When ingest runs
@@ -256,7 +258,7 @@ async def test_invalid_records_are_dead_lettered_after_their_valid_neighbours_ar
 async def test_a_claim_is_exclusive_and_a_retried_claim_still_knows_the_file_is_its_own(fleet: Services) -> None:
     # Given a tracked file
     store = IngestStage(fleet).builder.store
-    landing = fleet.settings.bucket("landing")
+    landing = fleet.settings.name_of(LANDING)
     [event] = parse_notification(
         json.dumps(s3_event(landing, f"incoming/{DATE}/x.ndjson", etag_of(1))),
         buckets={landing},
@@ -283,7 +285,7 @@ async def test_450_files_with_duplicates_and_three_racing_workers_make_exactly_t
     roomy: Services,
 ) -> None:
     # Given 450 notifications for one date, 10% of them delivered twice, in random order
-    landing = roomy.settings.bucket("landing")
+    landing = roomy.settings.name_of(LANDING)
     keys = [f"incoming/{DATE}/part-{n:04d}.ndjson" for n in range(450)]
     bodies = [s3_event(landing, k, etag_of(n)) for n, k in enumerate(keys)]
     rng = random.Random(3)
@@ -293,7 +295,9 @@ async def test_450_files_with_duplicates_and_three_racing_workers_make_exactly_t
     config = IngestConfig(max_wait_seconds=3600, tick_seconds=0.3, lease_seconds=30)
     stages = [IngestStage(roomy, config) for _ in range(3)]
     workers = [
-        await Worker.create(s, roomy, tuning=tuning(burst_idle_seconds=2), burst=True, install_signals=False)
+        await Worker.create(
+            s, roomy, queue=INGEST, tuning=tuning(burst_idle_seconds=2), burst=True, install_signals=False
+        )
         for s in stages
     ]
     running = [asyncio.create_task(w.run()) for w in workers]
@@ -350,7 +354,7 @@ async def run_until_crash(
     """Run one ingest worker until it dies at `step`; returns the manifest it was working on."""
     crashed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     stage = IngestStage(services, config, checkpoint=crash_at(step, crashed, nth))
-    worker = await Worker.create(stage, services, tuning=tuning(), burst=False, install_signals=False)
+    worker = await Worker.create(stage, services, queue=INGEST, tuning=tuning(), burst=False, install_signals=False)
     running = asyncio.create_task(worker.run())
     await feed(services, bodies, [worker])
     manifest_id = await asyncio.wait_for(crashed, 30)
@@ -362,7 +366,7 @@ async def run_until_crash(
 async def recover(services: Services, config: IngestConfig) -> IngestStage:
     """A fresh worker (another process, after the crash) in burst mode."""
     stage = IngestStage(services, config)
-    worker = await Worker.create(stage, services, tuning=tuning(), burst=True, install_signals=False)
+    worker = await Worker.create(stage, services, queue=INGEST, tuning=tuning(), burst=True, install_signals=False)
     await asyncio.wait_for(worker.run(), 30)
     return stage
 
@@ -371,12 +375,12 @@ async def test_a_crash_between_manifest_write_and_hand_off_is_finished_by_the_sw
     fleet: Services, settings: FleetSettings
 ) -> None:
     # Given a worker that dies right after writing a full manifest to the lake, before queueing its job
-    landing = fleet.settings.bucket("landing")
+    landing = fleet.settings.name_of(LANDING)
     bodies = [s3_event(landing, f"incoming/{DATE}/f{n}.ndjson", etag_of(n)) for n in range(20)]
     config = IngestConfig(batch_size=20, max_wait_seconds=3600, tick_seconds=0.2, lease_seconds=1)
     manifest_id = await run_until_crash(fleet, config, "manifest_written", bodies)
     assert [m.manifest_id for m in await lake_manifests(fleet)] == [manifest_id]
-    assert await queue_depth(fleet, "compact") == 0
+    assert await queue_depth(fleet, COMPACT) == 0
     assert await manifest_state(fleet, manifest_id) == "SEALED"
 
     # When another worker runs past the dead one's lease
@@ -400,7 +404,7 @@ async def test_a_crash_in_the_middle_of_claiming_leaves_no_claimed_file_without_
     fleet: Services,
 ) -> None:
     # Given a worker that dies while claiming a batch of 150 files, at its 60th claim
-    landing = fleet.settings.bucket("landing")
+    landing = fleet.settings.name_of(LANDING)
     bodies = [s3_event(landing, f"incoming/{DATE}/f{n:03d}.ndjson", etag_of(n)) for n in range(150)]
     config = IngestConfig(batch_size=150, max_wait_seconds=3600, tick_seconds=0.2, lease_seconds=1)
     crashed_id = await run_until_crash(fleet, config, "claim", bodies, nth=60)
@@ -427,7 +431,7 @@ async def test_a_builder_that_stalls_past_its_lease_cannot_add_to_the_manifest_t
 ) -> None:
     # Given a worker whose builder stalls at its 60th claim of a 150-file batch (a long GC pause, a
     # network partition) — long enough for its lease to run out
-    landing = fleet.settings.bucket("landing")
+    landing = fleet.settings.name_of(LANDING)
     bodies = [s3_event(landing, f"incoming/{DATE}/f{n:03d}.ndjson", etag_of(n)) for n in range(150)]
     config = IngestConfig(batch_size=150, max_wait_seconds=3600, tick_seconds=300, lease_seconds=1)
     stalled: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -443,14 +447,16 @@ async def test_a_builder_that_stalls_past_its_lease_cannot_add_to_the_manifest_t
                 await resume.wait()
 
     slow = IngestStage(fleet, config, checkpoint=stall)
-    slow_worker = await Worker.create(slow, fleet, tuning=tuning(), burst=False, install_signals=False)
+    slow_worker = await Worker.create(slow, fleet, queue=INGEST, tuning=tuning(), burst=False, install_signals=False)
     running = asyncio.create_task(slow_worker.run())
     await feed(fleet, bodies, [slow_worker])
     manifest_id = await asyncio.wait_for(stalled, 30)
 
     # When another worker's sweeper finishes the manifest, and only then the stalled builder wakes up
     rescuer = IngestStage(fleet, config.model_copy(update={"tick_seconds": 0.2}))
-    rescuer_worker = await Worker.create(rescuer, fleet, tuning=tuning(), burst=False, install_signals=False)
+    rescuer_worker = await Worker.create(
+        rescuer, fleet, queue=INGEST, tuning=tuning(), burst=False, install_signals=False
+    )
     rescuing = asyncio.create_task(rescuer_worker.run())
     await wait_until(lambda: rescuer.builder.recovered == 1, timeout=30)
     rescuer_worker.stop()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from workers import REGISTRY
+from shared.registry import discover
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,7 +24,7 @@ def test_compose_runs_every_registered_worker_against_localstack() -> None:
     }
 
     # Then each registered worker runs once, health-checked by name, pointed at LocalStack
-    assert set(workers) == set(REGISTRY)
+    assert set(workers) == set(discover().names())
     for name, svc in workers.items():
         assert svc["environment"]["FLEET_WORKER"] == name
         assert svc["environment"]["FLEET_ENDPOINT_URL"] == "http://localstack:4566"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from shared.resources import JOBS
 from shared.settings import ConfigError, load_settings
+from workers.ingest.resources import COMPACT, INGEST, LAKE
 
 
 def test_defaults_match_the_contracts() -> None:
@@ -12,10 +14,10 @@ def test_defaults_match_the_contracts() -> None:
     # When settings load
     s = load_settings()
     # Then names are the contract defaults, and the tuning is safe for ECS
-    assert s.queue("ingest") == "fleet-ingest"
-    assert s.table("jobs") == "fleet-jobs"
-    assert s.bucket("lake") == "fleet-lake"
-    t = s.tuning("clips")
+    assert s.name_of(INGEST) == "fleet-ingest"
+    assert s.name_of(JOBS) == "fleet-jobs"
+    assert s.name_of(LAKE) == "fleet-lake"
+    t = s.tuning("echo")
     assert t.wait_time_seconds == 20 and t.batch_size == 10
     assert t.drain_timeout < 30  # below ECS's default stopTimeout
     assert t.heartbeat_seconds < t.visibility_timeout
@@ -31,8 +33,8 @@ def test_prefix_and_per_worker_overrides_come_from_the_environment(monkeypatch: 
     # When settings load
     s = load_settings()
     # Then they apply, and other workers keep the defaults
-    assert s.queue("ingest") == "dev-files-in"
-    assert s.queue("compact") == "dev-fleet-compact"
+    assert s.name_of(INGEST) == "dev-files-in"
+    assert s.name_of(COMPACT) == "dev-fleet-compact"
     assert s.tuning("clips").concurrency == 2
     assert s.tuning("clips").heartbeat_seconds == 40
     assert s.tuning("ingest").concurrency == 10

@@ -23,10 +23,10 @@ from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
 from shared.errors import Fatal, error_code, is_conditional_failure
-from shared.final_event import final_event, send_final_event
 from shared.idempotency import Idempotency
 from shared.jobs import now_iso
 from shared.metrics import Metric
+from shared.resources import LEASES
 from shared.settings import load_stage_settings
 from shared.stage import Context, Services, parse_body
 from workers.compact.config import CompactConfig
@@ -37,6 +37,7 @@ from workers.compact.convert import (
     unified_schema,
     write_parquet,
 )
+from workers.finalizer.final_event import final_event, send_final_event
 from workers.ingest.layout import (
     ETAG_RE,
     CompactJob,
@@ -48,6 +49,7 @@ from workers.ingest.layout import (
     parquet_key,
     quarantine_key,
 )
+from workers.ingest.resources import FILES, LAKE, LANDING
 from workers.ingest.s3io import upload_file
 from workers.ingest.store import COMPACTED, MANIFEST_COMPACTED, FilesTable, Item, N, S
 
@@ -78,10 +80,10 @@ class CompactStage:
     def __init__(self, services: Services, config: CompactConfig | None = None) -> None:
         self.services = services
         self.config = config or load_stage_settings(CompactConfig)
-        self.lake = services.settings.bucket("lake")
-        self.sources = frozenset(self.config.source_buckets or [services.settings.bucket("landing")])
-        self.store = FilesTable(services.aws.dynamodb, services.settings.table("files"))
-        self.finals = Idempotency(services.aws.dynamodb, services.settings.table("leases"))
+        self.lake = services.settings.name_of(LAKE)
+        self.sources = frozenset(self.config.source_buckets or [services.settings.name_of(LANDING)])
+        self.store = FilesTable(services.aws.dynamodb, services.settings.name_of(FILES))
+        self.finals = Idempotency(services.aws.dynamodb, services.settings.name_of(LEASES))
 
     def parse(self, body: str) -> CompactJob:
         return parse_body(CompactJob, body)

@@ -10,7 +10,9 @@ from rich.table import Table
 
 from shared.app import open_services, run_workers, send_job
 from shared.dlq import peek
+from shared.resources import DeadLetters
 from shared.settings import FleetSettings
+from workers.echo import ECHO
 
 
 async def demo(settings: FleetSettings, console: Console) -> None:
@@ -20,15 +22,15 @@ async def demo(settings: FleetSettings, console: Console) -> None:
     async with open_services(settings) as services:
         jobs: dict[str, str] = {}
         for text in ("hello", "from", "fleet"):
-            jobs[text] = await send_job(services, "echo", {"text": text}, kind="echo")
-        jobs["slow (3 s)"] = await send_job(services, "echo", {"text": "slow", "sleep": 3}, kind="echo")
-        jobs["always retries"] = await send_job(services, "echo", {"text": "x", "fail": "retry"}, kind="echo")
-        jobs["fatal"] = await send_job(services, "echo", {"text": "x", "fail": "fatal"}, kind="echo")
+            jobs[text] = await send_job(services, ECHO, {"text": text}, kind="echo")
+        jobs["slow (3 s)"] = await send_job(services, ECHO, {"text": "slow", "sleep": 3}, kind="echo")
+        jobs["always retries"] = await send_job(services, ECHO, {"text": "x", "fail": "retry"}, kind="echo")
+        jobs["fatal"] = await send_job(services, ECHO, {"text": "x", "fail": "fatal"}, kind="echo")
         sqs = services.aws.sqs
-        url = (await sqs.get_queue_url(QueueName=settings.queue("echo")))["QueueUrl"]
+        url = (await sqs.get_queue_url(QueueName=settings.name_of(ECHO)))["QueueUrl"]
         await sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"txet": "typo"}))
         await sqs.send_message(QueueUrl=url, MessageBody="not json at all")
-        console.print(f"submitted {len(jobs)} echo jobs + 2 malformed messages to {settings.queue('echo')}")
+        console.print(f"submitted {len(jobs)} echo jobs + 2 malformed messages to {settings.name_of(ECHO)}")
 
     stats = (await run_workers(settings, ["echo"], burst=True, install_signals=False))["echo"]
     console.print(
@@ -44,7 +46,7 @@ async def demo(settings: FleetSettings, console: Console) -> None:
             final = history[-1]["status"] if history else "-"
             table.add_row(label, job_id[:8], final, " → ".join(h["status"] for h in history[1:]))
         console.print(table)
-        dlq_url = await sqs_url(services, settings.queue("echo") + "-dlq")
+        dlq_url = await sqs_url(services, settings.name_of(DeadLetters.of(ECHO)))
         dead = Table("dead letter (fleet dlq echo)", "code", "reason")
         for d in await peek(services.aws.sqs, dlq_url):
             dead.add_row(d.body[:32], d.code, d.error[:70])

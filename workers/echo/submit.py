@@ -7,13 +7,14 @@ from typing import Any
 
 from shared.app import send_job
 from shared.stage import Services
+from workers.echo import ECHO
 
 
 async def submit(args: argparse.Namespace, services: Services) -> str:
     body: dict[str, Any] = {"text": args.text, "sleep": args.sleep}
     if args.fail:
         body["fail"] = args.fail
-    return await send_job(services, "echo", body, kind="echo", detail={"text": args.text})
+    return await send_job(services, ECHO, body, kind="echo", detail={"text": args.text})
 
 
 def register(kinds: Any) -> None:

@@ -14,6 +14,7 @@ from shared.app import open_services, run_workers, send_job
 from shared.jobs import now_iso
 from shared.settings import FleetSettings
 from shared.stage import Services
+from workers.finalizer.resources import FINALIZE, NOTIFICATIONS
 
 TAP_QUEUE = "fleet-finalizer-demo-tap"
 
@@ -73,7 +74,7 @@ async def subscribe_queue(services: Services, queue_name: str) -> tuple[str, str
     url = (await sqs.create_queue(QueueName=queue_name))["QueueUrl"]
     arn = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"]))["Attributes"]["QueueArn"]
     # CreateTopic is idempotent and the only call that returns an existing topic's ARN directly.
-    topic = (await sns.create_topic(Name=settings.name(settings.topic_notifications)))["TopicArn"]
+    topic = (await sns.create_topic(Name=settings.name_of(NOTIFICATIONS)))["TopicArn"]
     policy = {
         "Version": "2012-10-17",
         "Statement": [
@@ -116,8 +117,8 @@ async def demo(settings: FleetSettings, console: Console) -> None:
         tap_url, subscription = await subscribe_queue(services, settings.name(TAP_QUEUE))
         for event in events.values():
             detail = {"video_key": event["video_key"]}
-            await send_job(services, "finalize", event, kind="demo", job_id=event["execution_id"], detail=detail)
-        console.print(f"sent {len(events)} final events to {settings.queue('finalize')}")
+            await send_job(services, FINALIZE, event, kind="demo", job_id=event["execution_id"], detail=detail)
+        console.print(f"sent {len(events)} final events to {settings.name_of(FINALIZE)}")
 
     stats = (await run_workers(settings, ["finalizer"], burst=True, install_signals=False))["finalizer"]
     console.print(

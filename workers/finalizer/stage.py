@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 from pydantic import TypeAdapter, ValidationError
 
 from shared.idempotency import Idempotency
+from shared.resources import JOBS, LEASES
 from shared.settings import load_stage_settings
 from shared.stage import Context, Services, parse_body
 from workers.finalizer.config import FinalizerSettings
@@ -34,6 +35,7 @@ from workers.finalizer.notification import (
     build_notification,
     object_size,
 )
+from workers.finalizer.resources import NOTIFICATIONS
 from workers.finalizer.summary import Summary, number
 from workers.finalizer.tracking import RetryPolicy, Tracker, TrackingClientFactory
 
@@ -82,7 +84,7 @@ class FinalizerStage:
         self.services = services
         self.config = config or load_stage_settings(FinalizerSettings)
         self.tracker = Tracker(
-            settings.table("jobs"),
+            settings.name_of(JOBS),
             tracking_client or (lambda: contextlib.nullcontext(services.aws.dynamodb_once)),
             RetryPolicy(
                 self.config.tracking_max_attempts,
@@ -94,7 +96,7 @@ class FinalizerStage:
         )
         self.notifier = Notifier(
             sns or services.aws.sns,
-            settings.name(settings.topic_notifications),
+            settings.name_of(NOTIFICATIONS),
             topic_arn=self.config.topic_arn,
         )
         self.links = DownloadLinks(
@@ -103,7 +105,7 @@ class FinalizerStage:
             region=settings.region,
             expires_seconds=self.config.presign_expires_seconds,
         )
-        self.guard = Idempotency(services.aws.dynamodb, settings.table("leases"))
+        self.guard = Idempotency(services.aws.dynamodb, settings.name_of(LEASES))
 
     def parse(self, body: str) -> FinalEvent:
         return parse_body(FinalEvent, body)

@@ -17,6 +17,7 @@ from shared.app import send_job
 from shared.errors import Poison
 from shared.stage import Services, parse_body
 from workers.finalizer.models import FinalEvent
+from workers.finalizer.resources import FINALIZE
 
 
 def _read(source: str) -> str:
@@ -36,7 +37,7 @@ async def submit(args: argparse.Namespace, services: Services) -> str:
     # The body goes on as written: the worker validates it again, exactly as for any other producer.
     return await send_job(
         services,
-        "finalize",
+        FINALIZE,
         json.loads(text),
         kind="finalize",
         job_id=event.execution_id,

@@ -19,6 +19,7 @@ from shared.app import open_services, run_workers
 from shared.emulator import temporary_env
 from shared.settings import FleetSettings
 from workers.ingest.layout import Manifest
+from workers.ingest.resources import LAKE, LANDING
 from workers.ingest.submit import upload_files
 
 
@@ -69,7 +70,7 @@ async def demo(settings: FleetSettings, console: Console) -> None:
                 job_id, _ = await upload_files(services, paths, dates[kind])
                 jobs[job_id] = len(paths)
     uploaded = sum(jobs.values())
-    console.print(f"uploaded {uploaded} NDJSON files to {settings.bucket('landing')}/incoming/ ({len(jobs)} jobs)")
+    console.print(f"uploaded {uploaded} NDJSON files to {settings.name_of(LANDING)}/incoming/ ({len(jobs)} jobs)")
 
     # A short max wait so the partial batches (12 files, not 200) flush within seconds; compact stays
     # up long enough to receive them.
@@ -82,7 +83,7 @@ async def demo(settings: FleetSettings, console: Console) -> None:
 
     async with open_services(settings) as services:
         s3 = services.aws.s3
-        lake = settings.bucket("lake")
+        lake = settings.name_of(LAKE)
         per_manifest = Table("manifest", "date", "files", "rows", "columns", "quarantined lines")
         totals = {"manifests": 0, "rows": 0, "quarantined": 0}
         for date_prefix in sorted(set(dates.values())):

@@ -48,6 +48,7 @@ from collections.abc import Awaitable, Callable
 from shared.stage import JOB_ID_ATTRIBUTE, Services
 from workers.ingest.config import IngestConfig
 from workers.ingest.layout import manifest_key
+from workers.ingest.resources import COMPACT, FILES, LAKE
 from workers.ingest.store import (
     CLAIMING,
     EMPTY,
@@ -82,7 +83,7 @@ class ManifestBuilder:
     ) -> None:
         self.services = services
         self.config = config
-        self.store = FilesTable(services.aws.dynamodb, services.settings.table("files"))
+        self.store = FilesTable(services.aws.dynamodb, services.settings.name_of(FILES))
         self._checkpoint = checkpoint
         self._compact_url: str | None = None
         self._busy: set[str] = set()
@@ -257,7 +258,7 @@ class ManifestBuilder:
             "files": [f.entry() for f in record.files],
         }
         await self.services.aws.s3.put_object(
-            Bucket=self.services.settings.bucket("lake"),
+            Bucket=self.services.settings.name_of(LAKE),
             Key=key,
             Body=json.dumps(body, separators=(",", ":")).encode(),
             ContentType="application/json",
@@ -283,7 +284,7 @@ class ManifestBuilder:
     async def _compact_queue(self) -> str:
         if self._compact_url is None:
             sqs = self.services.aws.sqs
-            name = self.services.settings.queue("compact")
+            name = self.services.settings.name_of(COMPACT)
             self._compact_url = (await sqs.get_queue_url(QueueName=name))["QueueUrl"]
         return self._compact_url
 

@@ -19,6 +19,7 @@ from shared.stage import Context, Services
 from workers.ingest.config import IngestConfig
 from workers.ingest.events import Notification, parse_notification
 from workers.ingest.manifests import Checkpoint, ManifestBuilder
+from workers.ingest.resources import LANDING
 
 log = logging.getLogger("fleet.ingest")
 
@@ -45,7 +46,7 @@ class IngestStage:
         self.services = services
         self.config = config or load_stage_settings(IngestConfig)
         self.tick_interval = self.config.tick_seconds
-        self.buckets = frozenset(self.config.allowed_buckets or [services.settings.bucket("landing")])
+        self.buckets = frozenset(self.config.allowed_buckets or [services.settings.name_of(LANDING)])
         self.builder = ManifestBuilder(services, self.config, checkpoint=checkpoint)
         self.stats = IngestStats()
 

@@ -17,6 +17,7 @@ from shared.jobs import new_job_id
 from shared.stage import Services
 from workers.ingest.config import IngestConfig
 from workers.ingest.layout import check_date
+from workers.ingest.resources import LANDING
 from workers.ingest.s3io import upload_file
 
 UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -59,7 +60,7 @@ async def upload_files(
         seen.add(name)
         keys.append(prefix + name)
     await services.jobs.create(job_id, "ingest", {"date_prefix": date_prefix, "files": len(keys), "prefix": prefix})
-    landing = services.settings.bucket("landing")
+    landing = services.settings.name_of(LANDING)
     total = 0
     for path, key in zip(paths, keys, strict=True):
         total += await upload_file(services.aws.s3, landing, key, path, content_type="application/x-ndjson")

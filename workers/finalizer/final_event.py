@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from shared.jobs import now_iso
 from shared.stage import JOB_ID_ATTRIBUTE, Services
+from workers.finalizer.resources import FINALIZE
 
 StageStatus = Literal["COMPLETED", "PARTIAL", "FAILED"]
 
@@ -38,7 +39,7 @@ def final_event(
 
 async def send_final_event(services: Services, event: dict[str, Any]) -> None:
     sqs = services.aws.sqs
-    url = (await sqs.get_queue_url(QueueName=services.settings.queue("finalize")))["QueueUrl"]
+    url = (await sqs.get_queue_url(QueueName=services.settings.name_of(FINALIZE)))["QueueUrl"]
     await sqs.send_message(
         QueueUrl=url,
         MessageBody=json.dumps(event, default=str),
