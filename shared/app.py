@@ -121,12 +121,15 @@ async def send_job(
     kind: str,
     job_id: str | None = None,
     detail: dict[str, Any] | None = None,
+    terminal: str | None = None,
 ) -> str:
-    """Record a job in fleet-jobs and put its message on the queue, tagged with its job id."""
+    """Record a job in fleet-jobs (granting `queue`) and put its message on the queue, tagged with its job id.
+    `terminal`: the worker whose outcome is the job's final status (a one-stage job)."""
     job_id = job_id or new_job_id()
-    await services.jobs.create(job_id, kind, detail)
+    name = services.settings.name_of(queue)
+    await services.jobs.create(job_id, kind, detail, queue=name, terminal=terminal)
     sqs = services.aws.sqs
-    url = (await sqs.get_queue_url(QueueName=services.settings.name_of(queue)))["QueueUrl"]
+    url = (await sqs.get_queue_url(QueueName=name))["QueueUrl"]
     await sqs.send_message(
         QueueUrl=url,
         MessageBody=json.dumps(body),

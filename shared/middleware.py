@@ -113,32 +113,55 @@ JOB_STATUS = {
 
 
 class JobsMiddleware(Middleware):
-    """Messages that carry a `fleet.job-id` attribute get their stage transitions recorded in fleet-jobs."""
+    """Messages whose `fleet.job-id` names a job that grants their queue get their stage transitions recorded
+    in fleet-jobs. A claim on a job that does not exist, or does not grant this queue, is ignored and logged:
+    a message touches only a job it is entitled to."""
 
     async def before(self, ctx: Context) -> None:
-        if ctx.job_id:
-            await self._record(ctx, "RUNNING")
+        claimed = ctx.message.job_id
+        if not claimed:
+            return
+        job = await self._record(ctx, claimed, "RUNNING")
+        if job is None:
+            log.warning("fleet.job-id names a job this queue may not touch: ignored", extra={"claimed_job": claimed})
+            return
+        ctx.job_id = claimed
+        ctx.job_kind = str(job.get("kind", ""))
+        ctx.job_terminal = job.get("terminal") == ctx.worker
 
     async def after(self, ctx: Context, result: Result) -> None:
         if not ctx.job_id:
             return
         fate = result.fate
+        status = JOB_STATUS[fate.outcome]
+        final = status if ctx.job_terminal and fate.outcome in (Outcome.SUCCEEDED, Outcome.DEAD_LETTERED) else None
         await self._record(
             ctx,
-            JOB_STATUS[fate.outcome],
+            ctx.job_id,
+            status,
+            final=final,
             error=fate.error.reason if fate.error else None,
             settle_failed=None if result.settled else UNSETTLED.get(fate.outcome),
         )
 
-    async def _record(self, ctx: Context, status: str, **data: object) -> None:
-        assert ctx.job_id is not None
+    async def _record(
+        self, ctx: Context, job_id: str, status: str, final: str | None = None, **data: object
+    ) -> dict[str, object] | None:
         try:
-            await ctx.services.jobs.record_stage(
-                ctx.job_id, ctx.worker, status, attempt=ctx.attempt, message_id=ctx.message.id, **data
+            return await ctx.services.jobs.record_stage(
+                job_id,
+                ctx.worker,
+                status,
+                queue=ctx.queue,
+                final=final,
+                attempt=ctx.attempt,
+                message_id=ctx.message.id,
+                **data,
             )
         except Exception as exc:
             # Tracking must not change a message's fate; the stage's own result is what counts.
             log.warning("job status not recorded", extra={"error": str(exc)})
+            return None
 
 
 def default_middleware(log_successes: bool = False) -> list[Middleware]:

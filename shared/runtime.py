@@ -51,6 +51,7 @@ log = logging.getLogger("fleet.runtime")
 
 REMEMBERED = 10_000  # settled message ids kept, to recognise a redelivery whose delete failed
 SETTLE_TIMEOUT = 10.0  # seconds pending deletes get at shutdown
+BAD_JOB_ID = "fleet.job-id is not a job id (letters, digits, - and _, at most 128)"
 SUMMARY_SECONDS = 60  # a worker logs what it did every minute (successes are not logged one by one)
 
 
@@ -106,6 +107,7 @@ class Worker:
         self.name = stage.name
         self.tuning = tuning or services.settings.tuning(stage.name)
         self.queue_url = queue_url
+        self.queue_name = queue_url.rsplit("/", 1)[-1]
         self.dlq_url = dlq_url
         self.burst = burst
         self.middleware = list(
@@ -317,9 +319,15 @@ class Worker:
 
     async def _process(self, message: Message) -> None:
         with log_context(worker=self.name, message_id=message.id, job_id=message.job_id, attempt=message.attempt):
-            ctx = Context(worker=self.name, message=message, services=self.services, tuning=self.tuning)
+            ctx = Context(
+                worker=self.name, message=message, services=self.services, tuning=self.tuning, queue=self.queue_name
+            )
             started = time.monotonic()
             try:
+                if message.job_id_malformed:
+                    raise Poison(
+                        "fleet.job-id is not a job id (letters, digits, - and _, at most 128)", code="BAD_JOB_ID"
+                    )
                 parsed = self.stage.parse(message.body)
             except Exception as exc:
                 poison = exc if isinstance(exc, Poison) else Poison(f"unparseable message: {exc}")

@@ -59,7 +59,12 @@ async def upload_files(
             name = f"{stem}-{n}.{ext}" if dot else f"{ext}-{n}"
         seen.add(name)
         keys.append(prefix + name)
-    await services.jobs.create(job_id, "ingest", {"date_prefix": date_prefix, "files": len(keys), "prefix": prefix})
+    await services.jobs.create(
+        job_id,
+        "ingest",
+        {"date_prefix": date_prefix, "files": len(keys), "prefix": prefix},
+        fields={"manifests": {}},  # manifest id -> how many of this upload's files it holds (ingest links them)
+    )
     landing = services.settings.name_of(LANDING)
     total = 0
     for path, key in zip(paths, keys, strict=True):
