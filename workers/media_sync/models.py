@@ -12,8 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 # An id becomes a DynamoDB key, a URL path segment and an S3 key segment: keep it boring.
 MediaId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._ -]+")
-_RUNS = re.compile(r"[ _]{2,}")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_RUNS = re.compile(r"_{2,}")
+_BEFORE_DOT = re.compile(r"_+\.")
 MAX_FILENAME = 200
 
 
@@ -59,16 +60,16 @@ class ListingPage(BaseModel):
 def safe_filename(name: str) -> str:
     """A provider's filename as the last segment of an S3 key: no paths, no control or odd characters.
 
-    `../../etc/passwd` -> `passwd`; `clip\x00.mp4` -> `clip.mp4`; `été 1.mov` -> `ete 1.mov`; `..` -> `file`.
+    `../../etc/passwd` -> `passwd`; `clip\x00.mp4` -> `clip.mp4`; `été 1!.mov` -> `ete_1.mov`; `..` -> `file`.
     """
     name = name.replace("\\", "/").rsplit("/", 1)[-1]
     name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
     name = "".join(ch for ch in name if ch.isprintable())
-    name = _RUNS.sub("_", _UNSAFE.sub("_", name)).strip(" ._-")
+    name = _BEFORE_DOT.sub(".", _RUNS.sub("_", _UNSAFE.sub("_", name))).strip("._-")
     if len(name) > MAX_FILENAME:
         stem, dot, ext = name.rpartition(".")
         keep = ext if dot and len(ext) <= 16 else ""
-        name = (stem if keep else name)[: MAX_FILENAME - len(keep) - 1].rstrip(" ._-") + ("." + keep if keep else "")
+        name = (stem if keep else name)[: MAX_FILENAME - len(keep) - 1].rstrip("._-") + ("." + keep if keep else "")
     return name or "file"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,43 @@ log = logging.getLogger("fleet.media_sync")
 
 READ_BACK_CHUNK = 8 * 1024 * 1024
 GONE = {"NoSuchUpload", "404", "NoSuchKey", "NotFound"}
+
+
+class BufferBody(io.RawIOBase):
+    """A part buffer as a seekable file, without copying it: aiohttp streams a file in chunks (raw bytes
+    this large it sends in one piece, and warns), and botocore seeks it back to retry a part."""
+
+    def __init__(self, data: bytearray) -> None:
+        super().__init__()
+        self._view = memoryview(data)
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = min(len(buffer), len(self._view) - self._pos)
+        buffer[:n] = self._view[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        self._pos = max(0, min(len(self._view), base + offset))
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def __len__(self) -> int:
+        return len(self._view)
+
+    def close(self) -> None:
+        self._view.release()
+        super().close()
 
 
 def crc32c_b64(data: bytes | bytearray | memoryview) -> str:
@@ -60,7 +98,7 @@ class S3Target:
         await self._s3.put_object(
             Bucket=self.bucket,
             Key=key,
-            Body=body,  # type: ignore[arg-type]  # aiobotocore takes bytearray: no copy of the buffer
+            Body=BufferBody(body),
             Metadata=metadata,
             ChecksumCRC32C=crc32c_b64(body),  # S3 verifies it; botocore sends ours instead of computing one
             **extra,
@@ -79,7 +117,7 @@ class S3Target:
             Key=key,
             UploadId=upload_id,
             PartNumber=number,
-            Body=body,  # type: ignore[arg-type]
+            Body=BufferBody(body),
             ChecksumCRC32C=crc,
         )
         return Part(number, resp["ETag"], len(body), crc)
