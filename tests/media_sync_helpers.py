@@ -13,11 +13,11 @@ import pytest
 
 from shared.resources import DeadLetters
 from shared.settings import WorkerTuning
-from shared.stage import Services
-from tests.helpers import drain_queue, fast_tuning, queue_urls, run_burst
+from shared.stage import Context, Message, Services
+from tests.helpers import drain_queue, fast_tuning, queue_urls, run_burst, send
 from workers.finalizer.resources import MEDIA
 from workers.media_sync.app import MediaSync
-from workers.media_sync.config import MiB, MediaSyncSettings
+from workers.media_sync.config import MediaSyncSettings, MiB
 from workers.media_sync.download_stage import DownloadStage
 from workers.media_sync.provider.process import ProviderProcess
 from workers.media_sync.resources import DOWNLOAD_QUEUE, PROVIDER_SECRET, SYNC_QUEUE
@@ -72,9 +72,7 @@ def credentials(expires_in: float, access_token: str = ACCESS_TOKEN) -> dict[str
 async def seed_secret(services: Services, expires_in: float = 3 * 24 * 3600) -> None:
     """Credentials the provider accepts; `expires_in` below 24 h makes the next caller refresh."""
     name = services.settings.name_of(PROVIDER_SECRET)
-    await services.aws.secretsmanager.put_secret_value(
-        SecretId=name, SecretString=json.dumps(credentials(expires_in))
-    )
+    await services.aws.secretsmanager.put_secret_value(SecretId=name, SecretString=json.dumps(credentials(expires_in)))
 
 
 def stages(services: Services, cfg: MediaSyncSettings) -> tuple[SyncStage, DownloadStage]:
@@ -129,3 +127,19 @@ def sha256(data: bytes) -> str:
 
 def served_ranges(provider: ProviderProcess, media_id: str) -> list[dict[str, Any]]:
     return [d for d in provider.stats()["downloads"] if d["id"] == media_id]
+
+
+async def send_download(services: Services, body: dict[str, Any]) -> None:
+    url, _ = await queue_urls(services, DOWNLOAD_QUEUE)
+    await send(services, url, [body])
+
+
+async def object_tags(services: Services, key: str) -> dict[str, str]:
+    resp = await services.aws.s3.get_object_tagging(Bucket=services.settings.name_of(MEDIA), Key=key)
+    return {t["Key"]: t["Value"] for t in resp["TagSet"]}
+
+
+def context(services: Services, attempt: int = 1, **tuning: Any) -> Context:
+    """What the runtime hands a handler, for tests that call `handle()` attempt by attempt."""
+    message = Message(id=f"msg-{attempt}", receipt_handle="-", body="", receive_count=attempt, sent_at=None)
+    return Context(worker="download", message=message, services=services, tuning=download_tuning(**tuning))
