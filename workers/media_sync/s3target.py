@@ -8,7 +8,7 @@ import hashlib
 import io
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from awscrt import checksums
 from botocore.exceptions import ClientError
@@ -98,7 +98,7 @@ class S3Target:
         await self._s3.put_object(
             Bucket=self.bucket,
             Key=key,
-            Body=BufferBody(body),
+            Body=cast(IO[bytes], BufferBody(body)),
             Metadata=metadata,
             ChecksumCRC32C=crc32c_b64(body),  # S3 verifies it; botocore sends ours instead of computing one
             **extra,
@@ -117,7 +117,7 @@ class S3Target:
             Key=key,
             UploadId=upload_id,
             PartNumber=number,
-            Body=BufferBody(body),
+            Body=cast(IO[bytes], BufferBody(body)),
             ChecksumCRC32C=crc,
         )
         return Part(number, resp["ETag"], len(body), crc)
