@@ -33,7 +33,7 @@ from workers.media_sync.app import MediaSync
 from workers.media_sync.client import NotFoundAtSource, ProviderClient, SourceChanged
 from workers.media_sync.models import DownloadJob, object_key
 from workers.media_sync.s3target import Part
-from workers.media_sync.stream import PartPipeline, StreamTooLong
+from workers.media_sync.stream import PartPipeline, Progress, StreamTooLong
 
 log = logging.getLogger("fleet.media_sync")
 
@@ -101,6 +101,7 @@ class Resume:
 @dataclass
 class Outcome:
     size: int
+    progress: Progress
     sha256: str
     resumed_from: int
     seconds: float
@@ -173,6 +174,8 @@ class DownloadStage:
                 "sha256": outcome.sha256,
                 "resumed_from": outcome.resumed_from,
                 "seconds": round(outcome.seconds, 2),
+                "waited_for_s3_s": round(outcome.progress.waited_for_slots, 2),
+                "download_s": round((outcome.progress.last_byte_at or 0) - outcome.progress.started_at, 2),
             },
         )
 
@@ -345,7 +348,14 @@ class DownloadStage:
             check=check,
         )
         await _run(pipeline, response, reopen)
-        return Outcome(size, digest.hexdigest(), 0, time.monotonic() - started, _ttfb(pipeline, started))
+        return Outcome(
+            size,
+            pipeline.progress,
+            digest.hexdigest(),
+            0,
+            time.monotonic() - started,
+            _ttfb(pipeline, started),
+        )
 
     async def _multipart(
         self,
@@ -418,7 +428,14 @@ class DownloadStage:
             if stored != size:
                 raise Fatal(f"stored object has {stored} bytes, the provider declared {size}", code="BYTE_COUNT")
         await self.target.tag(key, sha)
-        return Outcome(size, sha, (first - 1) * part_size, time.monotonic() - started, _ttfb(pipeline, started))
+        return Outcome(
+            size,
+            pipeline.progress,
+            sha,
+            (first - 1) * part_size,
+            time.monotonic() - started,
+            _ttfb(pipeline, started),
+        )
 
 
 async def _run(pipeline: PartPipeline, response: httpx.Response, reopen: Any) -> dict[int, Part]:

@@ -39,9 +39,11 @@ class Progress:
     """What a transfer has done so far (read by logs, metrics and the lease renewal)."""
 
     received: int = 0  # bytes read from the provider in this attempt
+    waited_for_slots: float = 0.0  # seconds the reader waited for an upload to finish (S3 slower than the source)
     uploaded: int = 0
     resumes: int = 0
     first_byte_at: float | None = None
+    last_byte_at: float | None = None
     started_at: float = field(default_factory=time.monotonic)
 
 
@@ -127,9 +129,10 @@ class PartPipeline:
                             if number > self.part_count:
                                 buf, filled = bytearray(), 0
                                 continue
-                            await self._slots.acquire()
+                            await self._acquire()
                             buf, filled = bytearray(self.size_of(number)), 0
                 if position >= self.total:
+                    self.progress.last_byte_at = time.monotonic()
                     return
                 raise httpx.RemoteProtocolError(f"stream ended at byte {position} of {self.total}")
             except (httpx.TransportError, httpx.DecodingError) as exc:
@@ -147,6 +150,14 @@ class PartPipeline:
                 )
                 await asyncio.sleep(self.resume_delay * self.progress.resumes)
                 response = await reopen(position)
+
+    async def _acquire(self) -> None:
+        if self._slots.locked():
+            t0 = time.monotonic()
+            await self._slots.acquire()
+            self.progress.waited_for_slots += time.monotonic() - t0
+        else:
+            await self._slots.acquire()
 
     async def _launch(self, number: int, buf: bytearray) -> None:
         if self._error is not None:

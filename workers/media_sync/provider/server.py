@@ -100,7 +100,9 @@ class Link:
         if not self.rate:
             return
         now = time.monotonic()
-        start = max(now, self._next)
+        # A sender that fell behind (a busy loop, a slow reader) may catch up by up to 50 ms, as a link's
+        # buffers would let it; beyond that the time is lost, as on a real link.
+        start = max(now - 0.05, self._next)
         self._next = start + n / self.rate
         if start > now:
             await asyncio.sleep(start - now)
