@@ -33,7 +33,7 @@ from workers.media_sync.app import MediaSync
 from workers.media_sync.client import NotFoundAtSource, ProviderClient, SourceChanged
 from workers.media_sync.models import DownloadJob, object_key
 from workers.media_sync.s3target import Part
-from workers.media_sync.stream import PartPipeline, Progress, StreamTooLong
+from workers.media_sync.stream import PartPipeline, Progress, StreamTooLong, map_part_buffers
 
 log = logging.getLogger("fleet.media_sync")
 
@@ -117,6 +117,7 @@ class DownloadStage:
         self.config = self.media.config
         self.store = self.media.store
         self.target = self.media.target
+        map_part_buffers()
 
     def parse(self, body: str) -> DownloadJob:
         return parse_body(DownloadJob, body)

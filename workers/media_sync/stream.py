@@ -11,6 +11,8 @@ request from the exact byte reached (the part being filled is still in memory), 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import hashlib
 import logging
 import time
@@ -28,6 +30,24 @@ READ_CHUNK = 1024 * 1024
 
 Reopen = Callable[[int], Awaitable[httpx.Response]]  # position -> a response starting there
 Upload = Callable[[int, bytearray, str], Awaitable[Part]]
+
+
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+
+
+def map_part_buffers(threshold: int = 1024 * 1024) -> bool:
+    """Make glibc map every part buffer with mmap and unmap it when freed.
+
+    Left alone, glibc raises its mmap threshold to the size of the first large block freed (up to 32 MiB),
+    after which 16 MiB part buffers come from the heap, where fragmentation keeps freed memory in the
+    process: RSS then drifts with the transfer's length. A fixed threshold keeps it at the buffers alive."""
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        return bool(ctypes.CDLL(name).mallopt(M_MMAP_THRESHOLD, threshold))
+    except (OSError, AttributeError):
+        return False  # not glibc: nothing to tune
 
 
 class StreamTooLong(Exception):
