@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
-from shared.errors import Transient, written
+from shared.errors import Transient, owned, written
 
 if TYPE_CHECKING:
     from types_aiobotocore_dynamodb import DynamoDBClient
@@ -118,14 +118,15 @@ class SyncStore:
         vals[":ip"] = {"S": "IN_PROGRESS"}
         names["#error"] = "error"
         return await written(
-            self._ddb.update_item(
-                TableName=self.table,
-                Key={"media_id": {"S": media_id}},
-                UpdateExpression="SET " + ", ".join(sets) + " REMOVE #error",
-                ConditionExpression="attribute_not_exists(media_id) OR #status <> :ip OR #lease_until < :now",
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=vals,
-            )
+            self._ddb.update_item,
+            # a retried claim whose first try took effect finds its own lease: still ours
+            mine=owned("owner", owner, status="IN_PROGRESS"),
+            TableName=self.table,
+            Key={"media_id": {"S": media_id}},
+            UpdateExpression="SET " + ", ".join(sets) + " REMOVE #error",
+            ConditionExpression="attribute_not_exists(media_id) OR #status <> :ip OR #lease_until < :now",
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=vals,
         )
 
     async def update(self, media_id: str, owner: str, *, remove: Iterable[str] = (), **fields: Any) -> bool:
@@ -137,14 +138,13 @@ class SyncStore:
         vals[":me"] = {"S": owner}
         expression = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
         return await written(
-            self._ddb.update_item(
-                TableName=self.table,
-                Key={"media_id": {"S": media_id}},
-                UpdateExpression=expression,
-                ConditionExpression="#owner = :me",
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=vals,
-            )
+            self._ddb.update_item,
+            TableName=self.table,
+            Key={"media_id": {"S": media_id}},
+            UpdateExpression=expression,
+            ConditionExpression="#owner = :me",
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=vals,
         )
 
     async def renew(self, media_id: str, owner: str, lease_seconds: float) -> bool:
