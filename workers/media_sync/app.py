@@ -37,7 +37,7 @@ class MediaSync:
             backoff=self.config.batch_get_backoff_seconds,
         )
         self.target = S3Target(services.aws.s3, settings.name_of(MEDIA))
-        self.policy = UrlPolicy(allow_loopback=self.config.allow_loopback_http)
+        self.policy = UrlPolicy(allow_loopback=self.config.allow_loopback_http, trusted_hosts=self.config.trusted)
         self.tokens = TokenManager(
             self.config,
             services.aws.secretsmanager,

@@ -23,6 +23,12 @@ class MediaSyncSettings(BaseSettings):
     allow_loopback_http: bool = Field(
         False, description="allow download URLs on loopback addresses (http too): local runs and tests only"
     )
+    trusted_hosts: str = Field(
+        "",
+        pattern=r"^[A-Za-z0-9.,-]*$",
+        description="comma-separated host names downloads may reach on private addresses, over http too "
+        "(a provider on a docker compose network); never set in production",
+    )
     token_refresh_threshold_seconds: float = Field(
         24 * 3600, ge=0, description="refresh the access token when it expires within this (the seed's 24 h)"
     )
@@ -59,6 +65,10 @@ class MediaSyncSettings(BaseSettings):
                 f"{self.part_size} bytes; raise part_size"
             )
         return self
+
+    @property
+    def trusted(self) -> frozenset[str]:
+        return frozenset(h.strip().lower() for h in self.trusted_hosts.split(",") if h.strip())
 
     @property
     def memory_budget(self) -> int:

@@ -62,6 +62,7 @@ class Pinned:
 class UrlPolicy:
     allow_loopback: bool = False
     resolver: Resolver = system_resolver
+    trusted_hosts: frozenset[str] = frozenset()  # names allowed on private addresses (local compose networks)
 
     async def pin(self, url: httpx.URL) -> Pinned:
         where = f"{url.scheme}://{url.host}" + (f":{url.port}" if url.port else "")
@@ -82,12 +83,13 @@ class UrlPolicy:
             addresses = [ipaddress.ip_address(a.split("%", 1)[0]) for a in resolved]
         if not addresses:
             raise UnsafeUrl(f"refused {where}: {url.host} has no address")
+        trusted = url.host.lower() in self.trusted_hosts
         for ip in addresses:
-            reason = address_refusal(ip, allow_loopback=self.allow_loopback)
+            reason = None if trusted else address_refusal(ip, allow_loopback=self.allow_loopback)
             if reason:
                 shown = url.host if str(ip) == url.host else f"{url.host} ({ip})"
                 raise UnsafeUrl(f"refused {where}: {shown} is {reason}")
-        if url.scheme == "http" and not all(_loopback(ip) for ip in addresses):
+        if url.scheme == "http" and not trusted and not all(_loopback(ip) for ip in addresses):
             raise UnsafeUrl(f"refused {where}: plain http is allowed to loopback only")
         ip = addresses[0]
         host_header = url.host if url.port is None else f"{url.host}:{url.port}"
