@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fleet.metrics")
 
-Unit = Literal["Count", "Seconds", "Milliseconds", "Bytes", "None", "Percent"]
+Unit = Literal["Count", "Seconds", "Milliseconds", "Bytes", "None", "Percent", "Megabits/Second"]
 PUT_BATCH = 1000  # PutMetricData accepts up to 1,000 metrics per call
 EMF_VALUES = 100  # values per metric in one EMF document
 
