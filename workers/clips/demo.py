@@ -70,18 +70,18 @@ async def demo(settings: FleetSettings, console: Console) -> None:
         table_out = Table("clip", "segments", "status", "duration", "resolution", "bytes", "mode", "s3Key")
         history = Table("clip", "statusHistory")
         for clip_id in CLIPS:
-            item: Any = await store.clip(TENANT, EPISODE, clip_id) or {}
+            clip: Any = await store.clip(TENANT, EPISODE, clip_id) or {}
             table_out.add_row(
                 clip_id,
-                str(len(item.get("segments", []))),
-                str(item.get("status", "-")),
-                f"{item.get('duration', '-')} ({item.get('durationSeconds', '-')} s)",
-                str(item.get("resolution", "-")),
-                f"{int(item.get('fileSize', 0)):,}",
-                str(item.get("renderMode", "-")),
-                str(item.get("s3Key", "-")),
+                str(len(clip.get("segments", []))),
+                str(clip.get("status", "-")),
+                f"{clip.get('duration', '-')} ({clip.get('durationSeconds', '-')} s)",
+                str(clip.get("resolution", "-")),
+                f"{int(clip.get('fileSize', 0)):,}",
+                str(clip.get("renderMode", "-")),
+                str(clip.get("s3Key", "-")),
             )
-            steps = " → ".join(str(h["status"]) for h in item.get("statusHistory", []))
+            steps = " → ".join(str(h["status"]) for h in clip.get("statusHistory", []))
             history.add_row(clip_id, steps)
         console.print(table_out)
         console.print(history)
