@@ -21,8 +21,11 @@ class ClipsSettings(BaseSettings):
     crf: int = Field(20, ge=0, le=51, description="libx264 quality (lower = better, bigger)")
     audio_bitrate: str = Field("128k", pattern=r"^\d{2,3}k$")
     fast_mode: Literal["auto", "off"] = Field(
-        "auto",
-        description="auto: stream-copy (no re-encode) when every cut lies on a keyframe; off: always re-encode",
+        "off",
+        description=(
+            "auto: stream-copy (no re-encode) when every cut lies on a keyframe — video frame-exact, audio to "
+            "within one AAC frame (~21 ms) per segment; off: always re-encode, frame- and sample-exact"
+        ),
     )
     max_segments: int = Field(20, ge=1, le=200, description="segments per clip")
     max_clip_seconds: float = Field(600.0, gt=0, le=6 * 3600, description="summed length of a clip's segments")

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shared.app import open_services, run_workers
+from shared.emulator import temporary_env
 from shared.jobs import to_item
 from shared.settings import FleetSettings, load_stage_settings
 from workers.clips.binaries import find_tools
@@ -26,7 +27,7 @@ VIDEO_KEY = f"videos/{EPISODE}/source.mp4"
 CLIPS: dict[str, list[tuple[str, str]]] = {
     # Cuts between keyframes: one re-encode pass, frame-exact.
     "highlights": [("00:00:01.500", "00:00:04"), ("00:00:07.250", "00:00:09"), ("00:00:15", "00:00:17.800")],
-    # Cuts on the source's 2 s keyframes: stream copy, no re-encode.
+    # Cuts on the source's 2 s keyframes: stream copy (fast mode), no re-encode.
     "teaser": [("00:00:02", "00:00:06"), ("00:00:12", "00:00:14")],
 }
 
@@ -59,7 +60,9 @@ async def demo(settings: FleetSettings, console: Console) -> None:
         )
         console.print(f'"{DETAIL_TYPE}" put on the default bus (event {resp["Entries"][0].get("EventId", "?")})')
 
-    stats = (await run_workers(settings, ["clips"], burst=True, install_signals=False))["clips"]
+    # Fast mode on, so the keyframe-aligned teaser is stream-copied (the default re-encodes every clip).
+    with temporary_env({"FLEET_CLIPS_FAST_MODE": "auto"}):
+        stats = (await run_workers(settings, ["clips"], burst=True, install_signals=False))["clips"]
     console.print(
         f"clips worker (burst): received {stats.received} (1 event + {stats.received - 1} clip jobs), "
         f"succeeded {stats.succeeded}, dead-lettered {stats.dead_lettered}"

@@ -21,6 +21,7 @@ class VideoInfo:
     height: int
     fps: float | None
     codec: str
+    duration: float | None = None  # the stream's own, seconds
 
     @property
     def resolution(self) -> str:
@@ -32,6 +33,7 @@ class AudioInfo:
     codec: str
     sample_rate: int
     channels: int
+    duration: float | None = None
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,14 @@ class MediaInfo:
     video: VideoInfo | None
     audio: AudioInfo | None
     keyframes: dict[float, float] = field(default_factory=dict)  # asked time → keyframe at or before it
+
+    @property
+    def media_duration(self) -> float | None:
+        """The video's length when there is video (the container's also counts audio priming and padding)."""
+        for stream in (self.video, self.audio):
+            if stream is not None and stream.duration:
+                return stream.duration
+        return self.duration
 
 
 class ProbeError(Exception):
@@ -99,12 +109,13 @@ class Prober:
                     keyframes[at] = float(first["pts_time"]) - start
         return MediaInfo(
             format_name=str(fmt.get("format_name", "")),
-            duration=float(fmt["duration"]) if fmt.get("duration") not in (None, "N/A") else None,
+            duration=_seconds(fmt.get("duration")),
             video=VideoInfo(
                 width=int(video["width"]),
                 height=int(video["height"]),
                 fps=_rate(video.get("avg_frame_rate")),
                 codec=str(video.get("codec_name", "")),
+                duration=_seconds(video.get("duration")),
             )
             if video
             else None,
@@ -112,6 +123,7 @@ class Prober:
                 codec=str(audio.get("codec_name", "")),
                 sample_rate=int(audio.get("sample_rate") or 0),
                 channels=int(audio.get("channels") or 0),
+                duration=_seconds(audio.get("duration")),
             )
             if audio
             else None,
@@ -129,6 +141,13 @@ class Prober:
 
 def _flags(options: dict[str, str]) -> list[str]:
     return [item for key, value in options.items() for item in (f"-{key}", value)]
+
+
+def _seconds(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):  # absent, or "N/A"
+        return None
 
 
 def _attached_pic(stream: dict[str, Any]) -> bool:
@@ -178,11 +197,23 @@ def _pyav_probe(url: str, options: dict[str, str], keyframes_at: Sequence[float]
                 height=v.codec_context.height,
                 fps=float(v.average_rate) if v.average_rate else None,
                 codec=v.codec_context.name,
+                duration=_stream_seconds(v),
             )
             if v is not None
             else None,
-            audio=AudioInfo(codec=a.codec_context.name, sample_rate=a.sample_rate or 0, channels=a.channels or 0)
+            audio=AudioInfo(
+                codec=a.codec_context.name,
+                sample_rate=a.sample_rate or 0,
+                channels=a.channels or 0,
+                duration=_stream_seconds(a),
+            )
             if a is not None
             else None,
             keyframes=keyframes,
         )
+
+
+def _stream_seconds(stream: Any) -> float | None:
+    if stream.duration is None or stream.time_base is None:
+        return None
+    return float(stream.duration * stream.time_base)

@@ -134,7 +134,7 @@ class Renderer:
         return ClipResult(
             s3_key=output_key,
             file_size=size,
-            duration=clip.duration or total,
+            duration=clip.media_duration or total,
             resolution=clip.video.resolution if clip.video else None,
             render_mode=mode,
             keyframe_aligned=aligned,
