@@ -74,7 +74,12 @@ class ThrottleProxy:
             finally:
                 dst.close()
 
-        await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
+        try:
+            await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
+        except asyncio.CancelledError:
+            # The proxy is stopping. Ending normally (not cancelled) keeps asyncio's stream callback quiet.
+            writer.close()
+            up_writer.close()
 
     async def _start(self) -> str:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)

@@ -35,6 +35,7 @@ RW_TIMEOUT_MICROS = 30_000_000  # a stalled HTTP read fails after 30 s instead o
 class Cut:
     start: float  # seconds from the start of the source
     duration: float
+    frames: int | None = None  # video frames to keep (see `frame_counts`); None: trim by duration
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,19 @@ class Encoding:
     preset: str = "veryfast"
     crf: int = 20
     audio_bitrate: str = "128k"
+
+
+def frame_counts(durations: Sequence[float], fps: float) -> list[int]:
+    """Video frames per segment so the clip's frame count is its summed duration rounded once (not once per
+    segment): segment i ends at frame round(fps · (d₀ + … + dᵢ)). Audio is trimmed to the sample, so at every
+    join video and audio differ by at most half a frame."""
+    counts, cumulative, emitted = [], 0.0, 0
+    for duration in durations:
+        cumulative += duration
+        boundary = round(cumulative * fps)
+        counts.append(max(1, boundary - emitted))
+        emitted += counts[-1]
+    return counts
 
 
 def input_options(request_size: int = 0) -> dict[str, str]:
@@ -82,7 +96,8 @@ def reencode(
     for cut in cuts:
         source = ffmpeg.input(url, ss=f"{cut.start:.3f}", t=f"{cut.duration + READ_PAST_SECONDS:.3f}", **options)
         if video:
-            parts.append(source.video.trim(duration=f"{cut.duration:.3f}").setpts("PTS-STARTPTS"))
+            trim = {"end_frame": cut.frames} if cut.frames else {"duration": f"{cut.duration:.3f}"}
+            parts.append(source.video.trim(**trim).setpts("PTS-STARTPTS"))
         if audio:
             parts.append(source.audio.filter("atrim", duration=f"{cut.duration:.3f}").filter("asetpts", "PTS-STARTPTS"))
     joined = ffmpeg.concat(*parts, v=int(video), a=int(audio)).node

@@ -92,6 +92,9 @@ class Renderer:
         aligned = keyframe_aligned(info, spans)
         mode = "copy" if aligned and self.config.fast_mode == "auto" and copyable(info) else "reencode"
         cuts = [command.Cut(s.start_ms / 1000, s.duration_ms / 1000) for s in spans]
+        if info.video is not None and info.video.fps and mode == "reencode":
+            frames = command.frame_counts([c.duration for c in cuts], info.video.fps)
+            cuts = [command.Cut(c.start, c.duration, n) for c, n in zip(cuts, frames, strict=True)]
         total = sum(c.duration for c in cuts)
         upload = StreamingUpload(
             self.s3,
