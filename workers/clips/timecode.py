@@ -9,6 +9,8 @@ _TIME = re.compile(r"(\d{2}):([0-5]\d):([0-5]\d)(?:\.(\d{1,3}))?")
 
 def parse_time(value: object) -> int:
     """`"01:02:03.5"` → 3723500 ms. Anything else (numbers, `1:02:03`, `00:61:00`, …) is refused."""
+    if value is None:
+        raise ValueError("missing (expected a time HH:MM:SS(.mmm))")
     if not isinstance(value, str):
         raise ValueError(f"expected a time string HH:MM:SS(.mmm), got {type(value).__name__}")
     match = _TIME.fullmatch(value)
