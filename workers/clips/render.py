@@ -35,6 +35,11 @@ COPYABLE_AUDIO = frozenset({"aac"})
 # ffmpeg stderr that means the network or S3 failed, not the media: worth another attempt.
 TRANSIENT_MARKERS = ("Server returned 5", "Connection refused", "Connection reset", "timed out", "Input/output error")
 
+
+def _transient(message: str) -> bool:
+    return any(marker in message for marker in TRANSIENT_MARKERS)
+
+
 OnProgress = Callable[[float], Awaitable[None]]  # fraction done, 0..1
 
 
@@ -85,6 +90,8 @@ class Renderer:
         except ProbeError as exc:
             if exc.not_found:
                 raise SourceNotFound(f"s3://{self.bucket}/{video_key} is gone: {exc}") from None
+            if _transient(str(exc)):
+                raise FfmpegTransient(f"could not read the source: {exc}") from None
             raise FfmpegFailed(f"source is not a readable MP4/MOV file: {exc}") from None
         check_within(spans, info.duration)
         if info.video is None and info.audio is None:
@@ -178,7 +185,7 @@ class Renderer:
             tail = exc.stderr_tail
             if "404 Not Found" in tail:
                 raise SourceNotFound(f"the source disappeared during the render: {tail}") from None
-            if any(marker in tail for marker in TRANSIENT_MARKERS):
+            if _transient(tail):
                 raise FfmpegTransient(f"ffmpeg {exc.reason}: {tail}") from None
             raise FfmpegFailed(f"ffmpeg {exc.reason}: {tail or 'no message'}") from None
 
@@ -199,7 +206,8 @@ class Renderer:
         try:
             return await self.prober.probe(await self._presign(key))
         except ProbeError as exc:
-            raise FfmpegFailed(f"the rendered clip cannot be read back: {exc}") from None
+            error = FfmpegTransient if _transient(str(exc)) else FfmpegFailed
+            raise error(f"the rendered clip cannot be read back: {exc}") from None
 
 
 def keyframe_aligned(info: MediaInfo, spans: list[Span]) -> bool:
