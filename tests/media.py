@@ -72,6 +72,7 @@ class ClipFacts:
     audio_seconds: float | None
     audio_start: float | None
     monotonic: bool  # every stream's decode timestamps strictly increase
+    video_gaps: int  # steps between consecutive frames longer than 1.5 frames (a join that left a hole)
 
     @property
     def video_seconds(self) -> float:
@@ -96,12 +97,17 @@ def inspect_clip(path: Path) -> ClipFacts:
                 monotonic = False
             last[index] = packet.dts
     video_frames, width, height, video_start = 0, None, None, None
+    times: list[float] = []
     with av.open(str(path)) as container:
         if container.streams.video:
             for frame in container.decode(video=0):
                 video_frames += 1
                 video_start = frame.time if video_start is None else video_start
                 width, height = frame.width, frame.height
+                if frame.time is not None:
+                    times.append(frame.time)
+    times.sort()
+    gaps = sum(1 for a, b in zip(times, times[1:], strict=False) if b - a > 1.5 / FPS)
     samples, rate, audio_start = 0, 0, None
     with av.open(str(path)) as container:
         if container.streams.audio:
@@ -117,4 +123,5 @@ def inspect_clip(path: Path) -> ClipFacts:
         audio_seconds=samples / rate if rate else None,
         audio_start=audio_start,
         monotonic=monotonic,
+        video_gaps=gaps,
     )

@@ -182,7 +182,7 @@ async def test_a_worker_killed_mid_render_leaves_one_entry_per_attempt_and_the_c
     history = [(h["status"], int(h["attempt"])) for h in item["statusHistory"]]
     assert history == [(IN_PROGRESS, 1), (IN_PROGRESS, 2), (COMPLETE, 2)], history
     clip = inspect_clip(await download(fleet, item["s3Key"], tmp_path / "clip.mp4"))
-    assert abs(clip.video_seconds - 7.5) <= 1 / 25 and clip.monotonic
+    assert abs(clip.video_seconds - 7.5) <= 1 / 25 and clip.monotonic and clip.video_gaps == 0, clip
 
 
 # --- lost replies and duplicates ----------------------------------------------------------------------------

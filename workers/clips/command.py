@@ -36,6 +36,12 @@ class Cut:
     start: float  # seconds from the start of the source
     duration: float
     frames: int | None = None  # video frames to keep (see `frame_counts`); None: trim by duration
+    fps: float | None = None
+
+    @property
+    def kept(self) -> float:
+        """Seconds kept from this segment: whole frames when counted, so its audio ends with its video."""
+        return self.frames / self.fps if self.frames and self.fps else self.duration
 
 
 @dataclass(frozen=True)
@@ -47,8 +53,8 @@ class Encoding:
 
 def frame_counts(durations: Sequence[float], fps: float) -> list[int]:
     """Video frames per segment so the clip's frame count is its summed duration rounded once (not once per
-    segment): segment i ends at frame round(fps · (d₀ + … + dᵢ)). Audio is trimmed to the sample, so at every
-    join video and audio differ by at most half a frame."""
+    segment): segment i ends at frame round(fps · (d₀ + … + dᵢ)), so every join is within half a frame of
+    where the segment times put it, and the clip is exactly round(fps · Σd) frames long."""
     counts, cumulative, emitted = [], 0.0, 0
     for duration in durations:
         cumulative += duration
@@ -97,9 +103,13 @@ def reencode(
         source = ffmpeg.input(url, ss=f"{cut.start:.3f}", t=f"{cut.duration + READ_PAST_SECONDS:.3f}", **options)
         if video:
             trim = {"end_frame": cut.frames} if cut.frames else {"duration": f"{cut.duration:.3f}"}
-            parts.append(source.video.trim(**trim).setpts("PTS-STARTPTS"))
+            # Rebase first, then trim: the segment then ends (for the concat filter) exactly at its last frame.
+            parts.append(source.video.setpts("PTS-STARTPTS").trim(**trim))
         if audio:
-            parts.append(source.audio.filter("atrim", duration=f"{cut.duration:.3f}").filter("asetpts", "PTS-STARTPTS"))
+            # The concat filter starts each segment where the longest stream of the previous one ended, so
+            # audio is cut to the video's whole frames: no gap at a join, and sync holds across it.
+            audio_part = source.audio.filter("asetpts", "PTS-STARTPTS")
+            parts.append(audio_part.filter("atrim", duration=f"{cut.kept:.6f}"))
     joined = ffmpeg.concat(*parts, v=int(video), a=int(audio)).node
     streams = [joined[i] for i in range(int(video) + int(audio))]
     settings: dict[str, str | int] = {"f": "mp4", "movflags": FRAGMENTED_MP4}

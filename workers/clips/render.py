@@ -101,7 +101,8 @@ class Renderer:
         cuts = [command.Cut(s.start_ms / 1000, s.duration_ms / 1000) for s in spans]
         if info.video is not None and info.video.fps and mode == "reencode":
             frames = command.frame_counts([c.duration for c in cuts], info.video.fps)
-            cuts = [command.Cut(c.start, c.duration, n) for c, n in zip(cuts, frames, strict=True)]
+            fps = info.video.fps
+            cuts = [command.Cut(c.start, c.duration, n, fps) for c, n in zip(cuts, frames, strict=True)]
         total = sum(c.duration for c in cuts)
         upload = StreamingUpload(
             self.s3,
@@ -204,7 +205,7 @@ class Renderer:
 
     async def _probe_output(self, key: str) -> MediaInfo:
         try:
-            return await self.prober.probe(await self._presign(key))
+            return await self.prober.probe(await self._presign(key), measure=True)
         except ProbeError as exc:
             error = FfmpegTransient if _transient(str(exc)) else FfmpegFailed
             raise error(f"the rendered clip cannot be read back: {exc}") from None
