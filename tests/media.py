@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -107,7 +108,7 @@ def inspect_clip(path: Path) -> ClipFacts:
                 if frame.time is not None:
                     times.append(frame.time)
     times.sort()
-    gaps = sum(1 for a, b in zip(times, times[1:], strict=False) if b - a > 1.5 / FPS)
+    gaps = sum(1 for a, b in pairwise(times) if b - a > 1.5 / FPS)
     samples, rate, audio_start = 0, 0, None
     with av.open(str(path)) as container:
         if container.streams.audio:
