@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import http.client
 import json
-import threading
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -34,7 +32,7 @@ from shared.registry import discover
 from shared.settings import FleetSettings, load_settings
 from shared.stage import Services
 from tests.clips_helpers import begin_event, clip_item, put_on_queue, run_clips, seed_episode, segments, statuses
-from tests.faultproxy import HOP_BY_HOP
+from tests.faultproxy import HOP_BY_HOP, FaultProxy, Request
 from tests.media import Media, media_fixture  # noqa: F401  (the session fixture)
 from workers.clips import WORKER
 from workers.clips.resources import MEDIA
@@ -49,62 +47,25 @@ MOTO_ALIASES = {
 }
 
 
-class PresignShim:
-    """An HTTP proxy in front of moto that turns presigned (query-signed) requests into header-signed ones."""
+class PresignShim(FaultProxy):
+    """A proxy in front of moto that turns presigned (query-signed) requests into header-signed ones, and
+    passes everything else through untouched (its Host header too: moto checks header signatures)."""
 
     def __init__(self, upstream: str, secrets: dict[str, str]) -> None:
-        parsed = urlsplit(upstream)
-        self.upstream = (parsed.hostname or "127.0.0.1", parsed.port or 80)
+        super().__init__(upstream)
         self.secrets = secrets  # access key id -> secret key, filled as users are made
         self.resigned = 0
-        self._server: ThreadingHTTPServer | None = None
 
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def __enter__(self) -> PresignShim:
-        shim = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
-                path = shim.resign(self.command, self.path, headers)
-                conn = http.client.HTTPConnection(*shim.upstream, timeout=60)
-                try:
-                    conn.request(self.command, path, body=body or None, headers=headers)
-                    resp = conn.getresponse()
-                    payload = resp.read()
-                    self.send_response(resp.status)
-                    for name, value in resp.getheaders():
-                        if name.lower() not in HOP_BY_HOP and name.lower() != "content-length":
-                            self.send_header(name, value)
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    if self.command != "HEAD":
-                        self.wfile.write(payload)
-                finally:
-                    conn.close()
-
-            do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _handle
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+    def _forward(self, request: Request) -> tuple[int, dict[str, str], bytes]:
+        headers = {k: v for k, v in request.headers.items() if k not in HOP_BY_HOP}
+        path = self.resign(request.method, request.path, headers)
+        conn = http.client.HTTPConnection(self.upstream_host, self.upstream_port, timeout=60)
+        try:
+            conn.request(request.method, path, body=request.body or None, headers=headers)
+            resp = conn.getresponse()
+            return resp.status, dict(resp.getheaders()), resp.read()
+        finally:
+            conn.close()
 
     def resign(self, method: str, path: str, headers: dict[str, str]) -> str:
         parts = urlsplit(path)
@@ -115,10 +76,10 @@ class PresignShim:
         key_id = signed["X-Amz-Credential"].split("/")[0]
         kept = [(k, v) for k, v in query if not k.startswith("X-Amz-")]
         bare = parts.path + (f"?{urlencode(kept)}" if kept else "")
-        host = headers.get("Host") or headers.get("host") or ""
+        host = headers.get("host", "")
         request = AWSRequest(method=method, url=f"http://{host}{bare}", headers={"Host": host})
         S3SigV4Auth(Credentials(key_id, self.secrets[key_id]), "s3", "us-east-1").add_auth(request)
-        headers.update({k: v for k, v in request.headers.items() if k.lower() != "host"})
+        headers.update({k.lower(): v for k, v in request.headers.items() if k.lower() != "host"})
         self.resigned += 1
         return bare
 
@@ -202,6 +163,12 @@ async def _run_as(
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
 
 
+async def _one_clip(admin: Services, media: Media) -> None:
+    await seed_episode(admin, "ep-iam", media.with_audio)
+    clip = {"clipId": "c", "segments": segments(("00:00:01.200", "00:00:03"))}
+    await put_on_queue(admin, begin_event("ep-iam", [clip]))
+
+
 async def test_the_worker_needs_nothing_beyond_its_declaration(
     admin: Services,
     enforcing_aws: str,
@@ -213,10 +180,7 @@ async def test_the_worker_needs_nothing_beyond_its_declaration(
     # Given an IAM user allowed exactly the actions the clips WorkerSpec declares (runtime's included)
     keys = await _worker_user(admin, shim, f"{prefix}clips", policy(admin.settings))
     # And an event whose clip must be fanned out, probed, rendered, uploaded and recorded
-    await seed_episode(admin, "ep-iam", media.with_audio)
-    await put_on_queue(
-        admin, begin_event("ep-iam", [{"clipId": "c", "segments": segments(("00:00:01.200", "00:00:03"))}])
-    )
+    await _one_clip(admin, media)
 
     # When the worker runs as that user, with IAM enforced
     await _run_as(admin, keys, enforcing_aws, monkeypatch)
@@ -236,10 +200,7 @@ async def test_without_a_declared_action_the_worker_fails(
 ) -> None:
     # Given the same user without s3:PutObject (the check above can fail)
     keys = await _worker_user(admin, shim, f"{prefix}clips-np", policy(admin.settings, without="s3:PutObject"))
-    await seed_episode(admin, "ep-iam", media.with_audio)
-    await put_on_queue(
-        admin, begin_event("ep-iam", [{"clipId": "c", "segments": segments(("00:00:01.200", "00:00:03"))}])
-    )
+    await _one_clip(admin, media)
 
     # When the worker runs as that user (one attempt: AccessDenied is retried like any AWS error otherwise)
     await _run_as(admin, keys, enforcing_aws, monkeypatch, max_attempts=1)
