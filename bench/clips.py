@@ -215,7 +215,7 @@ async def fleet_worker(settings: Any, direct: Any, proxy: ThrottleProxy, run: in
     async with open_services(settings) as services:
         stage = ClipsStage(services, config=ClipsSettings(preset=preset))
         tuning = WorkerTuning(concurrency=2, wait_time_seconds=1, burst_idle_seconds=0.5, visibility_timeout=120)
-        worker = await Worker.create(stage, services, queue=CLIPS, tuning=tuning, burst=True, install_signals=False)
+        worker = await Worker.create(stage, services, queue=CLIPS, tuning=tuning, burst=True)
         url = (await direct.sqs.get_queue_url(QueueName=settings.name_of(CLIPS)))["QueueUrl"]
         proxy.reset()
         started, sent_at = time.monotonic(), time.time()

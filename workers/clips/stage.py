@@ -134,9 +134,9 @@ class ClipsStage:
     # --- one clip ----------------------------------------------------------------------------------
 
     async def render(self, job: ClipJob, ctx: Context) -> None:
-        attempt = Attempt(
-            job.tenantId, job.episodeId, job.clipId, job.requestId, ctx.message.id, ctx.message.receive_count
-        )
+        # The runtime's attempt count (handler failures + crashes; a release at shutdown re-sends the message
+        # as a copy that continues the same attempt) and the first copy's id identify this render.
+        attempt = Attempt(job.tenantId, job.episodeId, job.clipId, job.requestId, ctx.message.origin_id, ctx.attempt)
         lease = float(ctx.tuning.visibility_timeout)
         try:
             begun = await self.store.begin(attempt, lease_seconds=lease)

@@ -2,15 +2,16 @@
 episode item (`sk` = `episode`) holds the source's `videoKey`.
 
 `statusHistory` is only ever appended to, with `list_append(if_not_exists(...))`. Each entry belongs to
-one attempt (one receipt of one SQS message: `<messageId>#<receiveCount>`), and the update that appends it
+one attempt of one message (`<first copy's message id>#<the runtime's attempt number>`; a copy re-sent when
+the runtime released the message at shutdown continues its attempt), and the update that appends it
 also adds `<status>|<attempt>` to the item's `historyKeys` set, on condition that the set does not hold it
 yet. So a repeated write — botocore retrying after a lost reply, or the stage itself — finds its entry
 already there and appends nothing: one entry per status per attempt, whatever the network did.
 
 The In Progress write is also the clip's claim (`renderAttempt`, `renderMessage`, `renderUntil`), renewed
 with each progress write. Another message for the same clip and request (a duplicated fan-out) waits
-while a live claim holds; a redelivery of the same message takes the claim over at once (SQS gave the
-message up, so its previous holder is gone or will find its claim lost), as does any claim left to expire.
+while a live claim holds; a redelivery of the same message (or a re-sent copy of it) takes the claim over at
+once (its previous holder is gone or will find its claim lost), as does any claim left to expire.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ class Attempt:
     episode_id: str
     clip_id: str
     request_id: str  # the Begin Clip Generation event this render answers
-    message_id: str
-    receive_count: int
+    message_id: str  # the first copy's id (`Message.origin_id`)
+    receive_count: int  # the runtime's attempt number (`Context.attempt`)
 
     @property
     def ident(self) -> str:
