@@ -43,14 +43,10 @@ class MediaInfo:
     video: VideoInfo | None
     audio: AudioInfo | None
     keyframes: dict[float, float] = field(default_factory=dict)  # asked time → keyframe at or before it
-    measured: float | None = None  # the main stream's length from its packets (`probe(measure=True)`)
 
     @property
     def media_duration(self) -> float | None:
-        """The video's length when there is video (the container's also counts audio priming and padding);
-        measured from the packets when asked for (a fragmented MP4's headers can be off by a frame)."""
-        if self.measured:
-            return self.measured
+        """The video's length when there is video (the container's also counts audio priming and padding)."""
         for stream in (self.video, self.audio):
             if stream is not None and stream.duration:
                 return stream.duration
@@ -71,21 +67,18 @@ class Prober:
         self.timeout = timeout
         self.options = input_options(request_size)
 
-    async def probe(self, url: str, keyframes_at: Sequence[float] = (), *, measure: bool = False) -> MediaInfo:
-        """Probe `url`; for each time in `keyframes_at`, also find the keyframe at or before it. `measure`
-        reads every packet of the main stream (the whole file: for a clip, not a source)."""
+    async def probe(self, url: str, keyframes_at: Sequence[float] = ()) -> MediaInfo:
+        """Probe `url`; for each time in `keyframes_at`, also find the keyframe at or before it."""
         if self.ffprobe:
-            return await self._ffprobe(url, keyframes_at, measure)
+            return await self._ffprobe(url, keyframes_at)
         try:
-            return await asyncio.wait_for(
-                asyncio.to_thread(_pyav_probe, url, self.options, keyframes_at, measure), self.timeout
-            )
+            return await asyncio.wait_for(asyncio.to_thread(_pyav_probe, url, self.options, keyframes_at), self.timeout)
         except TimeoutError:
             raise ProbeError(f"probe timed out after {self.timeout:g}s") from None
 
     # --- ffprobe -------------------------------------------------------------------------------------
 
-    async def _ffprobe(self, url: str, keyframes_at: Sequence[float], measure: bool) -> MediaInfo:
+    async def _ffprobe(self, url: str, keyframes_at: Sequence[float]) -> MediaInfo:
         assert self.ffprobe is not None
         base = [self.ffprobe, "-hide_banner", "-v", "error", *_flags(self.options)]
         data = await self._json([*base, "-show_format", "-show_streams", "-of", "json", url])
@@ -114,30 +107,6 @@ class Prober:
                 first = next(iter(packets.get("packets", [])), None)
                 if first and "K" in first.get("flags", "") and first.get("pts_time") not in (None, "N/A"):
                     keyframes[at] = float(first["pts_time"]) - start
-        measured = None
-        main = video or audio
-        if measure and main is not None:
-            packets = (
-                await self._json(
-                    [
-                        *base,
-                        "-select_streams",
-                        f"{main['index']}",
-                        "-show_entries",
-                        "packet=pts_time,duration_time",
-                        "-of",
-                        "json",
-                        url,
-                    ]
-                )
-            ).get("packets", [])
-            spans = [
-                (float(p["pts_time"]), float(p["pts_time"]) + float(p.get("duration_time") or 0))
-                for p in packets
-                if p.get("pts_time") not in (None, "N/A")
-            ]
-            if spans:
-                measured = max(end for _, end in spans) - min(start for start, _ in spans)
         return MediaInfo(
             format_name=str(fmt.get("format_name", "")),
             duration=_seconds(fmt.get("duration")),
@@ -159,7 +128,6 @@ class Prober:
             if audio
             else None,
             keyframes=keyframes,
-            measured=measured,
         )
 
     async def _json(self, argv: list[str]) -> dict[str, Any]:
@@ -197,7 +165,7 @@ def _rate(value: str | None) -> float | None:
 # --- PyAV ------------------------------------------------------------------------------------------------
 
 
-def _pyav_probe(url: str, options: dict[str, str], keyframes_at: Sequence[float], measure: bool) -> MediaInfo:
+def _pyav_probe(url: str, options: dict[str, str], keyframes_at: Sequence[float]) -> MediaInfo:
     import av
 
     try:
@@ -221,20 +189,6 @@ def _pyav_probe(url: str, options: dict[str, str], keyframes_at: Sequence[float]
                     continue
                 if packet is not None and packet.is_keyframe and packet.pts is not None:
                     keyframes[at] = float(packet.pts * v.time_base) - start
-        measured = None
-        main = v or a
-        if measure and main is not None and main.time_base is not None:
-            container.seek(0)
-            first: int | None = None
-            end: int | None = None
-            for each in container.demux(main):
-                if each.pts is None:
-                    continue
-                first = each.pts if first is None else min(first, each.pts)
-                stop = each.pts + (each.duration or 0)
-                end = stop if end is None else max(end, stop)
-            if first is not None and end is not None:
-                measured = float((end - first) * main.time_base)
         return MediaInfo(
             format_name=container.format.name,
             duration=container.duration / 1_000_000 if container.duration else None,
@@ -256,7 +210,6 @@ def _pyav_probe(url: str, options: dict[str, str], keyframes_at: Sequence[float]
             if a is not None
             else None,
             keyframes=keyframes,
-            measured=measured,
         )
 
 

@@ -114,7 +114,7 @@ class Renderer:
         started = time.monotonic()
         try:
             if mode == "copy":
-                await self._copy(url, cuts, info, upload, total, on_progress)
+                written = await self._copy(url, cuts, info, upload, total, on_progress)
             else:
                 args = command.reencode(
                     self.tools.ffmpeg,
@@ -125,7 +125,7 @@ class Renderer:
                     encoding=self.encoding,
                     options=self.options,
                 )
-                await self._ffmpeg(args, upload.write, _scaled(on_progress, total, 0.0, 1.0))
+                written = await self._ffmpeg(args, upload.write, _scaled(on_progress, total, 0.0, 1.0))
             size = await upload.complete()
         except BaseException:
             with contextlib.suppress(Exception):
@@ -141,11 +141,17 @@ class Renderer:
                 "seconds": round(time.monotonic() - started, 2),
             },
         )
+        # The stored clip is probed (readable? which streams? what size of picture?); its length is what
+        # ffmpeg wrote, to the frame — a fragmented MP4's headers can be a frame off, and measuring it from
+        # its packets would mean reading the whole clip back.
         clip = await self._probe_output(output_key)
+        stored = clip.media_duration
+        if written is not None and stored is not None and abs(stored - written) > 1.0:
+            raise FfmpegFailed(f"the stored clip lasts {stored:.3f}s, but ffmpeg wrote {written:.3f}s")
         return ClipResult(
             s3_key=output_key,
             file_size=size,
-            duration=clip.media_duration or total,
+            duration=written or stored or total,
             resolution=clip.video.resolution if clip.video else None,
             render_mode=mode,
             keyframe_aligned=aligned,
@@ -160,7 +166,7 @@ class Renderer:
         upload: StreamingUpload,
         total: float,
         on_progress: OnProgress,
-    ) -> None:
+    ) -> float | None:
         video, audio = info.video is not None, info.audio is not None
         with tempfile.TemporaryDirectory(prefix="fleet-clip-") as tmp:
             workdir = Path(tmp)
@@ -169,16 +175,25 @@ class Renderer:
             )
             await self._ffmpeg(args, None, _scaled(on_progress, total, 0.0, 0.5))
             joined = command.concat_copies(self.tools.ffmpeg, files, workdir, audio=audio)
-            await self._ffmpeg(joined, upload.write, _scaled(on_progress, total, 0.5, 1.0))
+            return await self._ffmpeg(joined, upload.write, _scaled(on_progress, total, 0.5, 1.0))
 
-    async def _ffmpeg(self, args: list[str], sink: process.Sink | None, on_progress: process.OnProgress) -> None:
+    async def _ffmpeg(
+        self, args: list[str], sink: process.Sink | None, on_progress: process.OnProgress
+    ) -> float | None:
+        """Run ffmpeg; return the length of what it wrote (its last `-progress` block), when it said."""
+        last: list[process.Progress] = []
+
+        async def progress(p: process.Progress) -> None:
+            last[:] = [p]
+            await on_progress(p)
+
         try:
             await process.run(
                 args,
                 time_limit=self.config.ffmpeg_timeout,
                 stall_timeout=self.config.stall_timeout,
                 stdout=sink or _discard,
-                on_progress=on_progress,
+                on_progress=progress,
             )
         except process.FfmpegTimeout as exc:
             raise FfmpegTransient(f"ffmpeg {exc.reason}: {exc.stderr_tail}") from None
@@ -189,6 +204,7 @@ class Renderer:
             if _transient(tail):
                 raise FfmpegTransient(f"ffmpeg {exc.reason}: {tail}") from None
             raise FfmpegFailed(f"ffmpeg {exc.reason}: {tail or 'no message'}") from None
+        return last[0].out_seconds if last and last[0].done and last[0].out_seconds > 0 else None
 
     async def _require_source(self, key: str) -> None:
         try:
@@ -205,7 +221,7 @@ class Renderer:
 
     async def _probe_output(self, key: str) -> MediaInfo:
         try:
-            return await self.prober.probe(await self._presign(key), measure=True)
+            return await self.prober.probe(await self._presign(key))
         except ProbeError as exc:
             error = FfmpegTransient if _transient(str(exc)) else FfmpegFailed
             raise error(f"the rendered clip cannot be read back: {exc}") from None
