@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
+from shared.cli import build_parser
 from shared.stage import Services
 from tests.clips_helpers import (
     TENANT,
@@ -24,6 +27,7 @@ from tests.clips_helpers import (
 )
 from tests.helpers import queue_urls
 from tests.media import FPS, Media, inspect_clip, media_fixture  # noqa: F401  (the session fixture)
+from workers.clips.demo import demo
 from workers.clips.resources import CLIPS, MEDIA
 from workers.clips.store import COMPLETE, FAILED, IN_PROGRESS
 
@@ -48,6 +52,13 @@ async def test_a_begin_clip_generation_event_on_the_default_bus_reaches_the_clip
         received += [json.loads(m["Body"]) for m in batch.get("Messages", [])]
     assert [m["detail-type"] for m in received] == ["Begin Clip Generation"]
     assert received[0]["detail"] == {"tenantId": "t"}
+
+    # And `fleet submit clips --via-bus` takes the same road, printing the event id
+    args = build_parser().parse_args(["submit", "clips", "--tenant", "acme", "--episode", "e1", "--via-bus"])
+    event_id = await args.submit(args, fleet)
+    batch = await fleet.aws.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=2)
+    (routed,) = [json.loads(m["Body"]) for m in batch.get("Messages", [])]
+    assert routed["id"] == event_id and routed["detail"] == {"tenantId": "acme", "episodeId": "e1"}
 
 
 async def test_a_three_segment_clip_is_frame_exact_with_audio_in_sync(
@@ -268,6 +279,21 @@ async def test_fleet_submit_clips_sends_the_event_and_status_follows_each_clip(
     # And a malformed submission is refused before anything is sent
     bad = await run_fleet(fleet.settings, "submit", "clips", "--tenant", "a#b", "--episode", episode)
     assert bad.returncode != 0 and "tenantId" in bad.stderr
+
+
+async def test_the_demo_step_cuts_a_three_segment_clip_and_shows_its_metadata(fleet: Services) -> None:
+    # When the clips step of `fleet demo` runs on the bootstrapped fleet
+    out = io.StringIO()
+    await demo(fleet.settings, Console(file=out, width=200, color_system=None))
+    # Then both clips are complete: the 3-segment one re-encoded (7.05 s), the aligned one stream-copied
+    text = out.getvalue()
+    assert "received 3 (1 event + 2 clip jobs), succeeded 3, dead-lettered 0" in text, text
+    highlights = next(line for line in text.splitlines() if line.startswith("│ highlights"))
+    assert "Generation Complete" in highlights and "640x360" in highlights and "reencode" in highlights
+    assert "(7.04 s)" in highlights, highlights  # 2.5 + 1.75 + 2.8 s = 176.25 frames at 25 fps: 176
+    teaser = next(line for line in text.splitlines() if line.startswith("│ teaser"))
+    assert "Generation Complete" in teaser and "copy" in teaser
+    assert text.count("Generation in Progress → Generation Complete") == 2
 
 
 async def test_a_message_that_is_neither_event_nor_clip_job_is_dead_lettered(fleet: Services) -> None:
