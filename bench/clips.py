@@ -330,24 +330,7 @@ async def bench(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rate", type=float, default=50.0, help="link bandwidth, MB/s (server → client)")
-    parser.add_argument("--minutes", type=int, default=30, help="source length (≥ 30)")
-    parser.add_argument("--video-bitrate", default="8M", help="source video bitrate (constant)")
-    parser.add_argument("--runs", type=int, default=1, help="runs of each approach (medians reported)")
-    parser.add_argument("--preset", default=ClipsSettings().preset, help="libx264 preset of both renders")
-    parser.add_argument("--stock-moto", action="store_true", help="moto as shipped (whole-object reads per GET)")
-    parser.add_argument("--serve-moto", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.serve_moto:
-        serve_moto(args.serve_moto, args.stock_moto)
-        return
-    configure_logging("WARNING", "text")
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-    console = Console()
-    figures = asyncio.run(bench(args, console))
+def report(figures: dict[str, Any], console: Console) -> None:
     table = Table("approach", "bytes read from S3", "share of source", "wall time", "speed-up")
     table.add_row(
         "seed: download whole, then cut",
@@ -371,6 +354,27 @@ def main() -> None:
         f"{figures['link_mb_per_s']:g} MB/s; median of {figures['runs']} run(s)"
     )
     console.print(table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=float, default=50.0, help="link bandwidth, MB/s (server → client)")
+    parser.add_argument("--minutes", type=int, default=30, help="source length (≥ 30)")
+    parser.add_argument("--video-bitrate", default="8M", help="source video bitrate (constant)")
+    parser.add_argument("--runs", type=int, default=1, help="runs of each approach (medians reported)")
+    parser.add_argument("--preset", default=ClipsSettings().preset, help="libx264 preset of both renders")
+    parser.add_argument("--stock-moto", action="store_true", help="moto as shipped (whole-object reads per GET)")
+    parser.add_argument("--serve-moto", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_moto:
+        serve_moto(args.serve_moto, args.stock_moto)
+        return
+    configure_logging("WARNING", "text")
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    console = Console(width=150)
+    figures = asyncio.run(bench(args, console))
+    report(figures, console)
     print(json.dumps(figures))
 
 
