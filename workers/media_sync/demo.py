@@ -68,7 +68,7 @@ async def demo(settings: FleetSettings, console: Console) -> None:
                         }
                     ),
                 )
-                job_id = await send_job(services, SYNC_QUEUE, {"action": "sync"}, kind="sync")
+                job_id = await send_job(services, SYNC_QUEUE, {"action": "sync"}, kind="sync", terminal="sync")
             console.print(f"provider at {provider.url}: {len(LIBRARY)} items; fleet submit sync -> job {job_id[:8]}")
 
             sync = (await run_workers(settings, ["sync"], burst=True, install_signals=False))["sync"]

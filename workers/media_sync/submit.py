@@ -11,7 +11,7 @@ from workers.media_sync.resources import SYNC_QUEUE
 
 
 async def submit(args: argparse.Namespace, services: Services) -> str:
-    return await send_job(services, SYNC_QUEUE, {"action": "sync"}, kind="sync")
+    return await send_job(services, SYNC_QUEUE, {"action": "sync"}, kind="sync", terminal="sync")
 
 
 def register(kinds: Any) -> None:

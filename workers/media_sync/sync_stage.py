@@ -38,7 +38,7 @@ class SyncReport:
     already_synced: int = 0
     enqueued: int = 0
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
 
 
@@ -56,7 +56,7 @@ class SyncStage:
     async def handle(self, message: SyncRequest, ctx: Context) -> None:
         report = await self.sync()
         if ctx.job_id:
-            await ctx.services.jobs.record_stage(ctx.job_id, "sync", "LISTED", **report.as_dict())
+            await ctx.services.jobs.record_stage(ctx.job_id, "sync", "LISTED", queue=ctx.queue, **report.as_dict())
 
     async def sync(self) -> SyncReport:
         started = time.monotonic()
