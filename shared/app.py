@@ -26,11 +26,8 @@ log = logging.getLogger("fleet")
 @contextlib.asynccontextmanager
 async def open_services(settings: FleetSettings, *, pool_size: int = 20) -> AsyncIterator[Services]:
     async with AwsClients(settings, pool_size=pool_size, read_timeout=settings.defaults.wait_time_seconds + 40) as aws:
-        metrics = Metrics(
-            settings.metrics_mode,
-            settings.metrics_namespace,
-            cloudwatch=aws.cloudwatch if settings.metrics_mode == "cloudwatch" else None,
-        )
+        mode = "emf" if settings.metrics_mode == "auto" else settings.metrics_mode  # (resolved by the settings)
+        metrics = Metrics(mode, settings.metrics_namespace, cloudwatch=aws.cloudwatch if mode == "cloudwatch" else None)
         services = Services(
             settings=settings, aws=aws, metrics=metrics, jobs=JobStore(aws.dynamodb, settings.name_of(JOBS))
         )

@@ -64,7 +64,7 @@ class JobStore:
         fields: dict[str, Any] | None = None,
     ) -> None:
         """Record a new job; `queue` may touch it; `terminal` names the worker whose outcome is its status;
-        `fields` are a kind's own top-level attributes (an upload's `manifests` map)."""
+        `fields` are a kind's own top-level attributes (`children` and `units` for a job made of jobs)."""
         now = now_iso()
         item: dict[str, Any] = {
             "execution_id": job_id,

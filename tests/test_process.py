@@ -27,6 +27,7 @@ def fleet_env(settings: FleetSettings, **extra: str) -> dict[str, str]:
         "FLEET_PREFIX": settings.prefix,
         "FLEET_HEALTH_DIR": settings.health_dir,
         "FLEET_METRICS_MODE": "off",
+        "FLEET_LOG_FORMAT": "json",
         "PYTHONUNBUFFERED": "1",
         **extra,
     }

@@ -264,7 +264,7 @@ class ManifestBuilder:
         for upload_id, (prefix, count) in uploads.items():
             # An upload (`fleet submit ingest`) learns where its files went; only the upload whose prefix
             # the files really sit under, and only an upload job, can be linked.
-            await jobs.link(upload_id, "ingest", {"prefix": prefix}, f"manifests.{mid}", count)
+            await jobs.link(upload_id, "ingest", {"prefix": prefix}, f"children.{mid}", count)
         body = {
             "manifest_id": mid,
             "date_prefix": date_prefix,

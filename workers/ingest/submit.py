@@ -63,7 +63,9 @@ async def upload_files(
         job_id,
         "ingest",
         {"date_prefix": date_prefix, "files": len(keys), "prefix": prefix},
-        fields={"manifests": {}},  # manifest id -> how many of this upload's files it holds (ingest links them)
+        # The upload is done when its files are: `children` maps each manifest (a job of its own) to how many
+        # of the `units` files it holds; ingest links them as it builds the manifests.
+        fields={"children": {}, "units": len(keys)},
     )
     landing = services.settings.name_of(LANDING)
     total = 0
