@@ -52,7 +52,7 @@ RUNTIME_QUEUE_ACTIONS = (
     "sqs:GetQueueAttributes",
 )
 RUNTIME_DLQ_ACTIONS = ("sqs:GetQueueUrl", "sqs:SendMessage")
-RUNTIME_JOB_ACTIONS = ("dynamodb:GetItem", "dynamodb:UpdateItem")
+RUNTIME_JOB_ACTIONS = ("dynamodb:UpdateItem",)  # JobsMiddleware; reading a job is the CLI's business
 RUNTIME_METRIC_ACTIONS = ("cloudwatch:PutMetricData",)
 
 
