@@ -1,0 +1,55 @@
+"""Record every AWS call a worker makes, in IAM terms, through botocore's event hooks.
+
+`provide-client-params` fires for every API call and for every presigned URL (whose holder acts with
+the worker's identity), before any retry; `after-call` sees each response, so an AccessDenied is noticed
+at once even where the runtime tolerates the failure (job tracking, metrics, heartbeats).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+from shared.clients import ALL_SERVICES, AwsClients
+from tests.iam.actions import Permission, permissions_of
+
+CONTEXT_KEY = "fleet_iam_permissions"
+DENIED_CODES = {"AccessDenied", "AccessDeniedException", "403", "Forbidden"}
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.used: Counter[Permission] = Counter()
+        self.denied: list[Permission] = []
+        self.denied_event = asyncio.Event()
+        self._completed: dict[str, asyncio.Event] = {}
+
+    def attach(self, aws: AwsClients) -> None:
+        """Hook every client of an open `AwsClients` (the no-retry DynamoDB client too)."""
+        clients = [getattr(aws, name) for name in ALL_SERVICES] + [aws.dynamodb_once]
+        for client in clients:
+            client.meta.events.register("provide-client-params", self._called)
+            client.meta.events.register("after-call", self._answered)
+
+    def completed(self, operation: str) -> asyncio.Event:
+        """Set once a call of this operation has had its answer (allowed or not)."""
+        return self._completed.setdefault(operation, asyncio.Event())
+
+    def _called(self, params: Mapping[str, Any], model: Any, context: dict[str, Any], **_: Any) -> None:
+        needed = list(permissions_of(model.service_model.service_name, model.name, params))
+        self.used.update(needed)
+        context[CONTEXT_KEY] = needed  # the same dict reaches `after-call`
+
+    def _answered(
+        self, http_response: Any, parsed: Mapping[str, Any], model: Any, context: dict[str, Any], **_: Any
+    ) -> None:
+        self.completed(model.name).set()
+        code = str(parsed.get("Error", {}).get("Code", "")) if isinstance(parsed, Mapping) else ""
+        if code in DENIED_CODES or getattr(http_response, "status_code", 200) == 403:
+            self.denied.extend(context.get(CONTEXT_KEY, []))
+            self.denied_event.set()
+
+    def permissions(self) -> set[Permission]:
+        return set(self.used)

@@ -1,0 +1,23 @@
+"""echo: a job is echoed and tracked; the runtime's own calls (receive, delete, heartbeat, DLQ, job
+tracking, metrics) are what it needs."""
+
+from __future__ import annotations
+
+from shared.app import send_job
+from tests.iam.harness import Run
+from tests.iam.scenarios import scenario
+from workers.echo import ECHO
+
+
+@scenario("echo")
+async def echo(run: Run) -> None:
+    # Given a tracked job on the echo queue
+    job_id = await send_job(run.admin, ECHO, {"text": f"hello {run.ident}"}, kind="echo")
+    # When echo drains its queue
+    result = await run.burst()
+    # Then the job was handled and its stages recorded
+    assert result.stats.succeeded == 1 and result.dead_letters == []
+    job = await run.admin.jobs.get(job_id)
+    assert job is not None
+    assert job["progress"]["echo"]["status"] == "SUCCEEDED"
+    assert [h["status"] for h in job["history"] if h["stage"] == "echo"] == ["RUNNING", "ECHOED", "SUCCEEDED"]
