@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP      := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test lint typecheck unit bench up compose infra-synth clean
+.PHONY: demo test lint typecheck unit bench up compose lock infra-synth clean
 
 $(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "fleet needs Python >= 3.11")'
@@ -29,8 +29,8 @@ up: $(STAMP)
 	$(BIN)/fleet up --embedded
 
 lint: $(TEST_STAMP)
-	$(BIN)/ruff check shared workers tests bench infra
-	$(BIN)/ruff format --check shared workers tests bench infra
+	$(BIN)/ruff check shared workers tests bench infra docker
+	$(BIN)/ruff format --check shared workers tests bench infra docker
 
 typecheck: $(TEST_STAMP)
 	$(BIN)/mypy
@@ -47,6 +47,15 @@ bench: $(STAMP)
 # docker-compose.yml is generated from the registered workers; a test fails when it is stale.
 compose: $(TEST_STAMP)
 	$(BIN)/python -m infra.compose --write docker-compose.yml
+
+# The production image installs exactly these versions (no emulator, no test tools).
+lock:
+	rm -rf build/lock-venv && $(PYTHON) -m venv build/lock-venv
+	build/lock-venv/bin/python -m pip install --quiet .
+	{ echo "# The production image's dependencies, exact: \`make lock\` rewrites this file from pyproject.toml"; \
+	  echo "# (a fresh venv, pip install ., pip freeze). No emulator, no test or infra tools."; \
+	  build/lock-venv/bin/python -m pip freeze --exclude fleet; } > docker/requirements.lock
+	rm -rf build/lock-venv
 
 # The CloudFormation template, offline (no AWS account, no Docker, no CDK CLI), then linted.
 infra-synth: $(TEST_STAMP)
