@@ -95,4 +95,6 @@ class JobsMiddleware(Middleware):
 
 
 def default_middleware() -> list[Middleware]:
-    return [LogMiddleware(), MetricsMiddleware(), JobsMiddleware()]
+    from shared.protection import ProtectionMiddleware  # it builds on this module
+
+    return [LogMiddleware(), MetricsMiddleware(), JobsMiddleware(), ProtectionMiddleware()]
