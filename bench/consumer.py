@@ -125,7 +125,7 @@ async def runtime_loop(services: Services, url: str, feeder: Feeder) -> None:
     stage = NoopStage()
     # Two batches in flight (FLEET_DEFAULTS__CONCURRENCY=20): a poll overlaps the previous batch's work.
     tuning = WorkerTuning(concurrency=20, wait_time_seconds=1)
-    worker = Worker(stage, services, queue_url=url, dlq_url=None, tuning=tuning, install_signals=False)
+    worker = Worker(stage, services, queue_url=url, dlq_url=None, tuning=tuning)
     task = asyncio.create_task(worker.run())
     while stage.handled < feeder.total:
         feeder.consumed = stage.handled

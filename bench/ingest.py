@@ -250,7 +250,7 @@ async def run_variant(endpoint: str, variant: str, files: int, depth: int) -> di
             IngestStage(services, config) if variant == "fleet" else SeedStyleStage(services) for _ in range(WORKERS)
         ]
         tuning = WorkerTuning(concurrency=20, wait_time_seconds=1, visibility_timeout=60)
-        workers = [await Worker.create(s, services, queue=INGEST, tuning=tuning, install_signals=False) for s in stages]
+        workers = [await Worker.create(s, services, queue=INGEST, tuning=tuning) for s in stages]
         url = (await observer.aws.sqs.get_queue_url(QueueName=settings.name_of(INGEST)))["QueueUrl"]
         bodies = notifications(settings.name_of(LANDING), files, random.Random(11))
 

@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+import signal
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 from shared.clients import AwsClients
@@ -33,10 +34,11 @@ async def open_services(settings: FleetSettings, *, pool_size: int = 20) -> Asyn
         services = Services(
             settings=settings, aws=aws, metrics=metrics, jobs=JobStore(aws.dynamodb, settings.name_of(JOBS))
         )
+        metrics.start()
         try:
             yield services
         finally:
-            await metrics.flush()
+            await metrics.close()
 
 
 def load_stage(spec: WorkerSpec, services: Services) -> Stage[Any]:
@@ -54,7 +56,10 @@ async def run_workers(
     on_started: Callable[[], None] | None = None,
     registry: Registry | None = None,
 ) -> dict[str, RunStats]:
-    """Run the named workers in this process until they stop (SIGTERM/SIGINT, `stop`, or burst end)."""
+    """Run the named workers in this process until they stop (SIGTERM/SIGINT, `stop`, or burst end).
+
+    Signals are handled here and only here: the first SIGTERM/SIGINT drains every worker, a second one
+    stops them now."""
     registry = registry or discover()
     specs = registry.expand(names)
     pool = sum(registry.tuning(settings, spec.name).pool_size for spec in specs)
@@ -70,40 +75,42 @@ async def run_workers(
                     queue=spec.queue,
                     tuning=registry.tuning(settings, spec.name),
                     burst=burst,
-                    install_signals=False,
                 )
             )
-        loop = asyncio.get_running_loop()
-        signals_installed = []
-        if install_signals:
-            import signal
 
-            def stop_all() -> None:
-                for w in workers:
-                    w.stop()
+        def stop_all() -> None:
+            for w in workers:
+                w.stop()
 
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, stop_all)
-                signals_installed.append(sig)
-        watcher = None
-        if stop is not None:
-
-            async def watch() -> None:
-                await stop.wait()
-                for w in workers:
-                    w.stop()
-
-            watcher = asyncio.create_task(watch())
-        if on_started:
-            on_started()
-        try:
+        with contextlib.ExitStack() as cleanup:
+            if install_signals:
+                cleanup.enter_context(on_signals(stop_all))
+            if stop is not None:
+                watcher = asyncio.create_task(_stop_when(stop, stop_all))
+                cleanup.callback(watcher.cancel)
+            if on_started:
+                on_started()
             results = await asyncio.gather(*(w.run() for w in workers))
-        finally:
-            for sig in signals_installed:
-                loop.remove_signal_handler(sig)
-            if watcher:
-                watcher.cancel()
         return {w.name: r for w, r in zip(workers, results, strict=True)}
+
+
+@contextlib.contextmanager
+def on_signals(callback: Callable[[], None]) -> Iterator[None]:
+    """Call `callback` on SIGTERM and SIGINT while the block runs."""
+    loop = asyncio.get_running_loop()
+    sigs = (signal.SIGTERM, signal.SIGINT)
+    for sig in sigs:
+        loop.add_signal_handler(sig, callback)
+    try:
+        yield
+    finally:
+        for sig in sigs:
+            loop.remove_signal_handler(sig)
+
+
+async def _stop_when(event: asyncio.Event, callback: Callable[[], None]) -> None:
+    await event.wait()
+    callback()
 
 
 async def send_job(

@@ -189,6 +189,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     settings = _settings()
 
     queue = _queue_named(args.name)
+    args.limit = 50 if args.limit_given is None else args.limit_given
 
     async def dlq() -> int:
         async with open_services(settings) as services:
@@ -197,13 +198,17 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             source_url = (await sqs.get_queue_url(QueueName=source))["QueueUrl"]
             dlq_url = (await sqs.get_queue_url(QueueName=settings.name_of(DeadLetters.of(queue))))["QueueUrl"]
             if args.redrive:
-                moved = await redrive(sqs, dlq_url, source_url)
-                console.print(f"moved {moved} messages from {source}-dlq back to {source}")
+                limit = None if args.limit_given is None else args.limit
+                moved = await redrive(
+                    sqs, dlq_url, source_url, limit=limit, progress=lambda n: console.print(f"  moved {n}", end="\r")
+                )
+                console.print(f"moved {moved} message{'s' if moved != 1 else ''} from {source}-dlq back to {source}")
                 return 0
             letters = await peek(sqs, dlq_url, args.limit)
-        table = Table("message id", "worker", "attempts", "code", "reason", "body")
+        table = Table("source id", "worker", "attempts", "code", "reason", "body")
         for d in letters:
-            table.add_row(d.message_id[:8], d.worker, d.attempts, d.code, d.error, d.body[:60])
+            copies = f" (×{d.copies})" if d.copies > 1 else ""
+            table.add_row(d.source_message_id[:8] + copies, d.worker, d.attempts, d.code, d.error, d.body[:60])
         console.print(f"[bold]{source}-dlq[/]: {len(letters)} dead letter{'s' if len(letters) != 1 else ''}")
         console.print(table)
         return 0
@@ -304,8 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("dlq", help="show a queue's dead letters with their reasons, or move them back")
     p.add_argument("name", help="a worker (ingest, finalizer, ...) or a queue key (finalize, ...)")
-    p.add_argument("--redrive", action="store_true", help="move every dead letter back to its queue")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--redrive", action="store_true", help="move the dead letters back to their queue, each once")
+    p.add_argument("--limit", type=int, default=None, dest="limit_given", help="at most this many (default: all)")
     p.set_defaults(func=cmd_dlq)
 
     p = sub.add_parser("health", help="exit 0 if the worker's heartbeat is fresh (container health check)")

@@ -39,14 +39,24 @@ class BatchDeleter:
         await self._pending.put((receipt_handle, future))
         return await future
 
-    async def close(self) -> None:
-        """Flush what is queued, then stop."""
+    async def close(self, within: float = 10.0) -> None:
+        """Flush what is queued, then stop; gives up after `within` seconds (ECS will not wait forever)."""
         if self._task is None:
             return
-        await self._pending.join()
+        try:
+            await asyncio.wait_for(self._pending.join(), within)
+        except TimeoutError:
+            log.error(
+                "deletes still pending at shutdown; those messages will be delivered again",
+                extra={"pending": self._pending.qsize(), "timeout_s": within},
+            )
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+        while not self._pending.empty():
+            _, future = self._pending.get_nowait()
+            if not future.done():
+                future.set_result(False)
 
     async def _run(self) -> None:
         while True:
@@ -63,7 +73,9 @@ class BatchDeleter:
             try:
                 await self._flush(batch)
             finally:
-                for _ in batch:
+                for _, future in batch:
+                    if not future.done():  # cancelled mid-flush (close timed out): report it as not deleted
+                        future.set_result(False)
                     self._pending.task_done()
 
     async def _flush(self, batch: list[tuple[str, asyncio.Future[bool]]]) -> None:

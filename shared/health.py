@@ -13,6 +13,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+FAILED_POLLS = 3  # consecutive failed polls that turn the check red
+
 
 @dataclass
 class HealthState:
@@ -25,6 +27,8 @@ class HealthState:
     last_poll: float
     updated: float
     poll_budget: float  # seconds a poll may legitimately take
+    poll_failures: int = 0  # consecutive failed polls
+    last_error: str = ""
 
 
 def health_path(directory: str, worker: str) -> Path:
@@ -56,6 +60,8 @@ def check_health(directory: str, worker: str, *, max_age: float = 30.0, now: flo
             False,
             f"heartbeat is {now - state.updated:.0f}s old (max {max_age:.0f}s): event loop stuck or dead",
         )
+    if state.status == "running" and state.poll_failures >= FAILED_POLLS:
+        return False, f"the last {state.poll_failures} polls failed: {state.last_error}"
     if state.status == "running" and now - state.last_poll > state.poll_budget + max_age:
         return False, f"no receive for {now - state.last_poll:.0f}s while not saturated"
     return (

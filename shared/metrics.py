@@ -7,6 +7,7 @@ EMF costs no API call: the awslogs driver ships stdout to CloudWatch Logs, which
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -57,6 +58,27 @@ class Metrics:
         self._flush_every = flush_every
         self._last_flush = time.monotonic()
         self._lock = asyncio.Lock()
+        self._timer: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Flush on a timer too: an idle worker must not keep its last metrics buffered."""
+        if self.mode == "cloudwatch" and self._timer is None:
+            self._timer = asyncio.create_task(self._flush_periodically(), name="fleet-metrics")
+
+    async def close(self) -> None:
+        """Stop the timer and flush what is buffered (process shutdown)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._timer
+            self._timer = None
+        await self.flush()
+
+    async def _flush_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self._flush_every)
+            if self._buffer:
+                await self.flush()
 
     async def emit(self, *metrics: Metric) -> bool:
         if self.mode == "off" or not metrics:

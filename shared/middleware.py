@@ -5,69 +5,99 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Literal
 
-from shared.errors import FleetError
+from shared.fate import Fate, Outcome
 from shared.metrics import Metric
 from shared.stage import Context
 
 log = logging.getLogger("fleet.runtime")
 
-Status = Literal["succeeded", "retrying", "dead_lettered", "released"]
-
 
 @dataclass(frozen=True)
-class Outcome:
-    status: Status
+class Result:
+    """A message's fate, and whether SQS confirmed it (`settled`): a delete that failed is not a success."""
+
+    fate: Fate
     duration: float
-    error: FleetError | None = None
-    retry_in: int | None = None
+    settled: bool = True
+
+    @property
+    def outcome(self) -> Outcome:
+        return self.fate.outcome
 
 
 class Middleware:
     async def before(self, ctx: Context) -> None:
         """Called after validation, right before the handler runs."""
 
-    async def after(self, ctx: Context, outcome: Outcome) -> None:
-        """Called once the message's fate is settled (deleted, delayed, dead-lettered or released)."""
+    async def after(self, ctx: Context, result: Result) -> None:
+        """Called once the message's fate is applied (deleted, delayed, dead-lettered, released or lost)."""
+
+
+LEVELS = {
+    Outcome.SUCCEEDED: logging.INFO,
+    Outcome.RETRYING: logging.WARNING,
+    Outcome.DEAD_LETTERED: logging.ERROR,
+    Outcome.RELEASED: logging.WARNING,
+    Outcome.LOST: logging.ERROR,
+}
+UNSETTLED = {
+    Outcome.SUCCEEDED: "message succeeded, but its delete failed",
+    Outcome.RETRYING: "message retrying, but its delay could not be set",
+    Outcome.DEAD_LETTERED: "message dead-lettered, but its delete failed",
+    Outcome.RELEASED: "message released, but SQS did not confirm it",
+}
 
 
 class LogMiddleware(Middleware):
     async def before(self, ctx: Context) -> None:
         log.debug("message started")
 
-    async def after(self, ctx: Context, outcome: Outcome) -> None:
-        fields: dict[str, object] = {
-            "outcome": outcome.status,
-            "duration_ms": round(outcome.duration * 1000, 1),
-        }
-        if outcome.error is not None:
-            fields.update(error=outcome.error.reason, error_code=outcome.error.code)
-        if outcome.retry_in is not None:
-            fields["retry_in_s"] = outcome.retry_in
-        level = {
-            "succeeded": logging.INFO,
-            "retrying": logging.WARNING,
-            "dead_lettered": logging.ERROR,
-            "released": logging.WARNING,
-        }[outcome.status]
-        log.log(level, f"message {outcome.status.replace('_', '-')}", extra=fields)
+    async def after(self, ctx: Context, result: Result) -> None:
+        fate = result.fate
+        fields: dict[str, object] = {"outcome": fate.outcome.value, "duration_ms": round(result.duration * 1000, 1)}
+        if fate.error is not None:
+            fields.update(error=fate.error.reason, error_code=fate.error.code)
+        if fate.delay is not None:
+            fields["retry_in_s"] = fate.delay
+        if fate.note:
+            fields["retry_note"] = fate.note
+        if fate.outcome is Outcome.LOST:
+            log.error("message lost: stopped its handler", extra=fields)
+        elif not result.settled:
+            log.error(UNSETTLED[fate.outcome], extra={**fields, "consequence": "SQS will deliver it again"})
+        else:
+            log.log(LEVELS[fate.outcome], f"message {fate.outcome.label}", extra=fields)
 
 
 class MetricsMiddleware(Middleware):
-    async def after(self, ctx: Context, outcome: Outcome) -> None:
+    async def after(self, ctx: Context, result: Result) -> None:
         dims = {"Worker": ctx.worker}
-        metrics = [Metric("HandlerDuration", outcome.duration * 1000, "Milliseconds", dims)]
-        if outcome.status == "succeeded":
+        outcome = result.outcome
+        metrics = [Metric("HandlerDuration", result.duration * 1000, "Milliseconds", dims)]
+        if outcome is Outcome.SUCCEEDED:
             metrics.append(Metric("MessagesProcessed", 1, "Count", dims))
-        elif outcome.status in ("retrying", "dead_lettered"):
+        elif outcome in (Outcome.RETRYING, Outcome.DEAD_LETTERED):
             metrics.append(Metric("MessagesFailed", 1, "Count", dims))
-        if outcome.status == "dead_lettered":
+        if outcome is Outcome.DEAD_LETTERED:
             metrics.append(Metric("MessagesDeadLettered", 1, "Count", dims))
+        if outcome is Outcome.LOST:
+            metrics.append(Metric("MessagesLost", 1, "Count", dims))
+        if not result.settled:
+            metrics.append(Metric("SettleFailed", 1, "Count", dims))
         lag = ctx.message.lag_seconds
         if lag is not None and ctx.attempt == 1:
             metrics.append(Metric("QueueLag", lag, "Seconds", dims))
         await ctx.services.metrics.emit(*metrics)
+
+
+JOB_STATUS = {
+    Outcome.SUCCEEDED: "SUCCEEDED",
+    Outcome.RETRYING: "RETRYING",
+    Outcome.DEAD_LETTERED: "FAILED",
+    Outcome.RELEASED: "RELEASED",
+    Outcome.LOST: "LOST",
+}
 
 
 class JobsMiddleware(Middleware):
@@ -77,17 +107,22 @@ class JobsMiddleware(Middleware):
         if ctx.job_id:
             await self._record(ctx, "RUNNING")
 
-    async def after(self, ctx: Context, outcome: Outcome) -> None:
-        if not ctx.job_id or outcome.status == "released":
+    async def after(self, ctx: Context, result: Result) -> None:
+        if not ctx.job_id:
             return
-        status = {"succeeded": "SUCCEEDED", "retrying": "RETRYING", "dead_lettered": "FAILED"}[outcome.status]
-        await self._record(ctx, status, error=outcome.error.reason if outcome.error else None)
+        fate = result.fate
+        await self._record(
+            ctx,
+            JOB_STATUS[fate.outcome],
+            error=fate.error.reason if fate.error else None,
+            settle_failed=None if result.settled else UNSETTLED.get(fate.outcome),
+        )
 
-    async def _record(self, ctx: Context, status: str, error: str | None = None) -> None:
+    async def _record(self, ctx: Context, status: str, **data: object) -> None:
         assert ctx.job_id is not None
         try:
             await ctx.services.jobs.record_stage(
-                ctx.job_id, ctx.worker, status, attempt=ctx.attempt, message_id=ctx.message.id, error=error
+                ctx.job_id, ctx.worker, status, attempt=ctx.attempt, message_id=ctx.message.id, **data
             )
         except Exception as exc:
             # Tracking must not change a message's fate; the stage's own result is what counts.

@@ -2,14 +2,21 @@
 
 Delivery is at-least-once, as SQS is; the runtime's promises are about what happens around a handler:
 
-- long polls of up to 10, never more than `concurrency` messages in flight;
-- a body that fails validation is poison: sent to the DLQ at once with `fleet.error`, then deleted;
+- long polls of up to 10, never more than `concurrency` messages in flight; a poll open when a stop comes is
+  waited for, never abandoned, and what it brings is released at once;
+- a body that fails validation is poison: sent to the DLQ at once with its reason, then deleted;
 - success deletes (batched); `Retry` or any unexpected error delays the message by exponential backoff
-  through its visibility (never by sleeping), until `max_attempts`, then dead-letters it with the reason;
-  `Fatal` dead-letters at once;
-- while a handler runs its message's visibility is extended (heartbeat), so long jobs are not redelivered;
-- on SIGTERM/SIGINT: stop receiving, let handlers finish for `drain_timeout`, then cancel them and make
-  their messages visible again at once. The writes that settle a message are shielded from cancellation.
+  through its visibility (never by sleeping, never past SQS's 12 h limit), until `max_attempts` handler
+  failures, then dead-letters it with the reason; `Fatal` dead-letters at once;
+- while a handler runs, its message's visibility is extended (`shared/heartbeat.py`); the heartbeat is
+  stopped and waited for before the message is settled, and a message SQS says is gone stops its handler;
+- a handler's threads (`asyncio.to_thread`) finish before its message is settled, so a retry never overlaps
+  the run it retries;
+- on SIGTERM/SIGINT (`shared/app.py`): stop receiving, let handlers finish for `drain_timeout`, then cancel
+  them and release their messages (re-sent, so a release never uses up an attempt). The writes that settle
+  a message are shielded from cancellation;
+- a message this process already settled, delivered again because its delete failed, is deleted again,
+  not run again.
 """
 
 from __future__ import annotations
@@ -18,29 +25,33 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from shared.backoff import backoff_delay
-from shared.deleter import BatchDeleter
-from shared.errors import FleetError, Poison, Retry, Transient, classify
+from shared import threads
+from shared.errors import FleetError, Poison, Transient, classify
+from shared.fate import Fate, MessageLost, Outcome, decide, visibility_left
 from shared.health import HealthState, write_health
+from shared.heartbeat import Heartbeat
 from shared.logs import log_context
-from shared.middleware import Middleware, Outcome, default_middleware
+from shared.middleware import Middleware, Result, default_middleware
 from shared.resources import DeadLetters, Queue
 from shared.settings import WorkerTuning, ceil_seconds
+from shared.settler import MAX_MESSAGE_BYTES, DeadLetterRefused, Settler
 from shared.stage import Context, Message, Services, Stage, Ticking
 
 if TYPE_CHECKING:
-    from types_aiobotocore_sqs.type_defs import MessageAttributeValueTypeDef, MessageTypeDef
+    import concurrent.futures
+
+    from types_aiobotocore_sqs.type_defs import MessageTypeDef
 
 log = logging.getLogger("fleet.runtime")
 
-MAX_ATTRIBUTES = 10  # SQS limit per message
-REASON_LIMIT = 1000
+REMEMBERED = 10_000  # settled message ids kept, to recognise a redelivery whose delete failed
+SETTLE_TIMEOUT = 10.0  # seconds pending deletes get at shutdown
 
 
 @dataclass
@@ -51,6 +62,19 @@ class RunStats:
     retried: int = 0
     dead_lettered: int = 0
     released: int = 0
+    lost: int = 0
+    settle_failed: int = 0
+    redelivered: int = 0  # already settled here, delivered again: deleted, not run
+
+
+@dataclass
+class _Run:
+    """One delivery being handled."""
+
+    message: Message
+    task: asyncio.Task[None]
+    threads: set[concurrent.futures.Future[Any]] = field(default_factory=set)
+    lost: str | None = None
 
 
 async def resolve_queue(services: Services, queue: Queue) -> tuple[str, str]:
@@ -71,11 +95,11 @@ class Worker:
         services: Services,
         *,
         queue_url: str,
-        dlq_url: str | None,
+        dlq_url: str,
         tuning: WorkerTuning | None = None,
         burst: bool = False,
-        install_signals: bool = True,
         middleware: Sequence[Middleware] | None = None,
+        dlq_max_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self.stage = stage
         self.services = services
@@ -84,41 +108,60 @@ class Worker:
         self.queue_url = queue_url
         self.dlq_url = dlq_url
         self.burst = burst
-        self.install_signals = install_signals
         self.middleware = list(default_middleware() if middleware is None else middleware)
         self.stats = RunStats()
         self._sqs = services.aws.sqs
-        self._deleter = BatchDeleter(self._sqs, queue_url)
+        self._settler = Settler(
+            self._sqs, queue_url=queue_url, dlq_url=dlq_url, worker=self.name, dlq_max_bytes=dlq_max_bytes
+        )
+        self._heartbeat = Heartbeat(
+            self._sqs,
+            queue_url,
+            visibility_timeout=self.tuning.visibility_timeout,
+            interval=self.tuning.heartbeat_seconds,
+            on_lost=self._lost,
+        )
+        self._runs: dict[str, _Run] = {}  # by receipt handle
+        self._settled: OrderedDict[str, Outcome] = OrderedDict()  # message id -> outcome, most recent last
         self._tasks: set[asyncio.Task[None]] = set()
-        self._settling: set[asyncio.Task[Any]] = set()
+        self._settling: set[asyncio.Future[None]] = set()
+        self._open_poll: asyncio.Task[list[MessageTypeDef]] | None = None
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._stop_now = asyncio.Event()
+        self._stop_deadline = 0.0
         self._last_poll = time.time()
+        self._poll_failures = 0
+        self._last_error = ""
         self._status = "starting"
         self._tick_pending = False
 
     @classmethod
     async def create(cls, stage: Stage[Any], services: Services, *, queue: Queue, **kwargs: Any) -> Worker:
         url, dlq = await resolve_queue(services, queue)
-        return cls(stage, services, queue_url=url, dlq_url=dlq, **kwargs)
+        resp = await services.aws.sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["MaximumMessageSize"])
+        max_bytes = int(resp.get("Attributes", {}).get("MaximumMessageSize", MAX_MESSAGE_BYTES))
+        return cls(stage, services, queue_url=url, dlq_url=dlq, dlq_max_bytes=max_bytes, **kwargs)
 
     # --- lifecycle -------------------------------------------------------------------------------
 
     def stop(self, *, now: bool = False) -> None:
-        """Drain (default) or stop now: cancel in-flight handlers at once and release their messages."""
+        """Drain (default) or stop now: cancel in-flight handlers at once and release their messages.
+        A second stop while draining stops now."""
         if now or self._stopping.is_set():
             self._stop_now.set()
         if not self._stopping.is_set():
-            log.info("stopping: draining in-flight messages", extra={"in_flight": len(self._tasks)})
+            self._stop_deadline = time.monotonic() + self.tuning.drain_timeout
+            log.info(
+                f"stopping {self.name}: draining in-flight messages",
+                extra={"worker": self.name, "in_flight": len(self._tasks)},
+            )
         self._stopping.set()
 
     async def run(self) -> RunStats:
-        loop = asyncio.get_running_loop()
-        if self.install_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self.stop)
-        self._deleter.start()
+        threads.install(asyncio.get_running_loop())
+        self._settler.start()
+        self._heartbeat.start()
         health = asyncio.create_task(self._health_loop(), name="fleet-health")
         ticker = asyncio.create_task(self._tick_loop()) if isinstance(self.stage, Ticking) else None
         with log_context(worker=self.name):
@@ -139,17 +182,15 @@ class Worker:
                     ticker.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await ticker
-                await self._drain()
-                await self._deleter.close()
+                await asyncio.gather(self._drain(), self._release_open_poll())
+                await self._heartbeat.close()
+                await self._settler.close(SETTLE_TIMEOUT)
                 await self.services.metrics.flush()
                 health.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await health
                 self._status = "stopped"
                 self._write_health()
-                if self.install_signals:
-                    for sig in (signal.SIGTERM, signal.SIGINT):
-                        loop.remove_signal_handler(sig)
                 log.info("worker stopped", extra=vars(self.stats))
         return self.stats
 
@@ -161,14 +202,19 @@ class Worker:
             free = self.tuning.concurrency - len(self._tasks)
             if free <= 0:
                 self._slot_freed.clear()
-                await self._wait_for(self._slot_freed.wait(), timeout=5)
-                self._last_poll = time.time()
+                await self._unless_stopped(self._slot_freed.wait(), within=5)
+                self._last_poll = time.time()  # saturated, not stuck
                 continue
-            messages = await self._receive(min(self.tuning.batch_size, free))
-            self._last_poll = time.time()
+            poll = asyncio.create_task(self._receive(min(self.tuning.batch_size, free)))
+            if not await self._unless_stopped(asyncio.shield(poll)):
+                # Never abandon an open poll: SQS would hand its messages to a connection nobody reads and
+                # hide them for the whole visibility timeout (aws-sdk-go-v2#2068). Release them instead.
+                self._open_poll = poll
+                return
+            messages = poll.result()
             if self._stopping.is_set():
-                await self._release_all(messages)
-                break
+                await self._release_unstarted(messages)
+                return
             for raw in messages:
                 self._start(raw)
             if messages:
@@ -188,56 +234,66 @@ class Worker:
         wait = self.tuning.wait_time_seconds
         if self.burst:
             wait = min(wait, max(1, ceil_seconds(self.tuning.burst_idle_seconds)))
-        call = self._sqs.receive_message(
-            QueueUrl=self.queue_url,
-            MaxNumberOfMessages=count,
-            WaitTimeSeconds=wait,
-            VisibilityTimeout=self.tuning.visibility_timeout,
-            MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
-            MessageAttributeNames=["All"],
-        )
         self.stats.polls += 1
         try:
-            resp = await self._wait_for(call, timeout=None)
-        except asyncio.CancelledError:
-            raise
+            resp = await self._sqs.receive_message(
+                QueueUrl=self.queue_url,
+                MaxNumberOfMessages=count,
+                WaitTimeSeconds=wait,
+                VisibilityTimeout=self.tuning.visibility_timeout,
+                MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
+                MessageAttributeNames=["All"],
+            )
         except Exception as exc:
-            log.warning("receive failed; backing off", extra={"error": str(exc)})
-            await self._wait_for(asyncio.sleep(1), timeout=None)
+            self._poll_failures += 1
+            self._last_error = str(exc)[:300]
+            log.warning("receive failed; backing off", extra={"error": str(exc), "failures": self._poll_failures})
+            await self._unless_stopped(asyncio.sleep(min(2.0 ** (self._poll_failures - 1), 20)))
             return []
-        return list(resp.get("Messages", [])) if resp else []
+        self._poll_failures = 0
+        self._last_poll = time.time()
+        return list(resp.get("Messages", []))
 
-    async def _wait_for(self, aw: Any, timeout: float | None) -> Any:  # noqa: ASYNC109
-        """Await `aw` unless a stop is requested first (then cancel it and return None)."""
+    async def _unless_stopped(self, aw: Awaitable[Any], within: float | None = None) -> bool:
+        """Await `aw` until it finishes (True), a stop is requested or `within` seconds pass (False, `aw` cancelled)."""
         task = asyncio.ensure_future(aw)
         stop = asyncio.create_task(self._stopping.wait())
         try:
-            done, _ = await asyncio.wait({task, stop}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({task, stop}, timeout=within, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop.cancel()
         if task in done:
-            return task.result()
+            task.result()
+            return True
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
-        return None
+        return False
 
     async def _queue_is_empty(self) -> bool:
-        attrs = (
-            await self._sqs.get_queue_attributes(
-                QueueUrl=self.queue_url,
-                AttributeNames=[
-                    "ApproximateNumberOfMessages",
-                    "ApproximateNumberOfMessagesNotVisible",
-                    "ApproximateNumberOfMessagesDelayed",
-                ],
-            )
-        )["Attributes"]
+        try:
+            attrs = (
+                await self._sqs.get_queue_attributes(
+                    QueueUrl=self.queue_url,
+                    AttributeNames=[
+                        "ApproximateNumberOfMessages",
+                        "ApproximateNumberOfMessagesNotVisible",
+                        "ApproximateNumberOfMessagesDelayed",
+                    ],
+                )
+            )["Attributes"]
+        except Exception as exc:
+            log.warning("could not check whether the queue is empty; polling on", extra={"error": str(exc)})
+            return False
         return all(int(v) == 0 for v in attrs.values())
 
     def _start(self, raw: MessageTypeDef) -> None:
         self.stats.received += 1
-        task = asyncio.create_task(self._process(Message.from_sqs(raw)))
+        message = Message.from_sqs(raw)
+        earlier = self._settled.get(message.id)
+        task = asyncio.create_task(
+            self._settle_again(message, earlier) if earlier is not None else self._process(message)
+        )
         self._tasks.add(task)
 
         def done(t: asyncio.Task[None]) -> None:
@@ -249,141 +305,191 @@ class Worker:
     # --- one message -----------------------------------------------------------------------------
 
     async def _process(self, message: Message) -> None:
-        with log_context(worker=self.name, message_id=message.id, job_id=message.job_id, attempt=message.receive_count):
+        with log_context(worker=self.name, message_id=message.id, job_id=message.job_id, attempt=message.attempt):
             ctx = Context(worker=self.name, message=message, services=self.services, tuning=self.tuning)
             started = time.monotonic()
             try:
                 parsed = self.stage.parse(message.body)
             except Exception as exc:
                 poison = exc if isinstance(exc, Poison) else Poison(f"unparseable message: {exc}")
-                await self._settle(ctx, poison, started)
+                await self._settle(ctx, Fate(Outcome.DEAD_LETTERED, poison), started)
                 return
-            heartbeat = asyncio.create_task(self._heartbeat(message))
-            error: FleetError | None = None
+            task = asyncio.current_task()
+            assert task is not None
+            run = _Run(message, task)
+            self._runs[message.receipt_handle] = run
+            self._heartbeat.track(message)
             try:
-                for mw in self.middleware:
-                    await mw.before(ctx)
-                await asyncio.wait_for(self.stage.handle(parsed, ctx), self.tuning.handler_timeout)
+                error = await self._handle(parsed, ctx, run)
+                if run.threads:
+                    log.info("waiting for the handler's threads before settling", extra={"threads": len(run.threads)})
+                    if not await threads.finish(run.threads, self._thread_budget(message)):
+                        log.error("work still running in a thread as its message is settled")
             except asyncio.CancelledError:
-                heartbeat.cancel()
-                await self._settle(ctx, None, started, released=True)
+                await self._forget(run)
+                await self._settle(ctx, Fate(Outcome.RELEASED), started)
                 raise
-            except TimeoutError:
-                error = Transient(f"handler timed out after {self.tuning.handler_timeout:g}s", code="TIMEOUT")
-            except Exception as exc:
-                error = classify(exc)
-                if not isinstance(exc, FleetError):
-                    log.debug("handler raised", exc_info=exc)
-            finally:
-                heartbeat.cancel()
-            await self._settle(ctx, error, started)
+            await self._forget(run)
+            fate = decide(
+                error,
+                attempt=message.attempt,
+                tuning=self.tuning,
+                visibility_left=visibility_left(message.received_at, time.time()),
+            )
+            await self._settle(ctx, fate, started)
 
-    async def _settle(self, ctx: Context, error: FleetError | None, started: float, *, released: bool = False) -> None:
-        """Decide and apply the message's fate, shielded so a cancellation cannot lose it halfway."""
-        task = asyncio.ensure_future(self._apply_safely(ctx, error, started, released))
+    async def _handle(self, parsed: Any, ctx: Context, run: _Run) -> FleetError | None:
+        """Run the handler under its timeout; the error it ends with, or None."""
+        limit = self.tuning.handler_timeout
+        timeout = asyncio.timeout(limit)
+        run.threads = threads.track()
+        try:
+            for mw in self.middleware:
+                await mw.before(ctx)
+            async with timeout:
+                await self.stage.handle(parsed, ctx)
+        except TimeoutError as exc:
+            if timeout.expired():
+                return Transient(f"handler timed out after {limit:g}s", code="TIMEOUT")
+            return self._failed(exc)  # the handler's own timeout: keep its cause
+        except asyncio.CancelledError:
+            if run.lost is None:
+                raise
+            run.task.uncancel()
+            return MessageLost(run.lost)
+        except Exception as exc:
+            return self._failed(exc)
+        if run.lost is not None:
+            if run.task.cancelling():
+                run.task.uncancel()
+            return MessageLost(run.lost)
+        if timeout.expired():
+            return Transient(f"handler timed out after {limit:g}s and ignored its cancellation", code="TIMEOUT")
+        return None
+
+    @staticmethod
+    def _thread_budget(message: Message) -> float:
+        """How long a timed-out handler's threads may run on before its message is settled anyway: as long as
+        SQS can keep the message hidden, so a retry never overlaps them. A thread that hangs holds its slot."""
+        return visibility_left(message.received_at, time.time())
+
+    @staticmethod
+    def _failed(exc: Exception) -> FleetError:
+        if not isinstance(exc, FleetError):
+            log.debug("handler raised", exc_info=exc)
+        return classify(exc)
+
+    async def _forget(self, run: _Run) -> None:
+        self._runs.pop(run.message.receipt_handle, None)
+        await self._heartbeat.forget(run.message)
+
+    def _lost(self, message: Message, reason: str) -> None:
+        run = self._runs.get(message.receipt_handle)
+        if run is not None and run.lost is None:
+            run.lost = reason
+            run.task.cancel()
+
+    async def _settle_again(self, message: Message, outcome: Outcome) -> None:
+        """A redelivery of a message this process settled (its delete failed): delete it, do not run it."""
+        with log_context(worker=self.name, message_id=message.id, job_id=message.job_id):
+            self.stats.redelivered += 1
+            deleted = await self._settler.delete(message)
+            log.warning(
+                "message already settled here, delivered again: deleted, not run",
+                extra={"outcome": outcome.value, "deleted": deleted},
+            )
+            if not deleted:
+                self.stats.settle_failed += 1
+
+    async def _settle(self, ctx: Context, fate: Fate, started: float) -> None:
+        """Apply the message's fate, shielded so a cancellation cannot lose it halfway."""
+        task = asyncio.ensure_future(self._apply(ctx, fate, started))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
         await asyncio.shield(task)
 
-    async def _apply_safely(self, ctx: Context, error: FleetError | None, started: float, released: bool) -> None:
-        try:
-            await self._apply(ctx, error, started, released)
-        except Exception as exc:
-            # e.g. the DLQ refused the message: leave it on the queue, where SQS redelivers it after
-            # its visibility timeout (and its redrive policy catches it in the end). Never lost.
-            log.error("could not settle message; it will be redelivered", extra={"error": str(exc)})
-
-    async def _apply(self, ctx: Context, error: FleetError | None, started: float, released: bool) -> None:
+    async def _apply(self, ctx: Context, fate: Fate, started: float) -> None:
         message = ctx.message
-        retry_in: int | None = None
-        if released:
-            await self._release(message)
-            status = "released"
-            self.stats.released += 1
-        elif error is None:
-            await self._deleter.delete(message.receipt_handle)
-            status = "succeeded"
-            self.stats.succeeded += 1
-        elif not isinstance(error, Retry):
-            await self._dead_letter(message, error)
-            status = "dead_lettered"
-        elif message.receive_count >= self.tuning.max_attempts:
-            error = type(error)(f"gave up after {message.receive_count} attempts: {error.reason}", code=error.code)
-            await self._dead_letter(message, error)
-            status = "dead_lettered"
-        else:
-            retry_in = (
-                ceil_seconds(error.delay)
-                if error.delay is not None
-                else backoff_delay(message.receive_count, self.tuning.backoff_base, self.tuning.backoff_max)
-            )
-            await self._change_visibility(message, retry_in)
-            status = "retrying"
-            self.stats.retried += 1
-        outcome = Outcome(status=status, duration=time.monotonic() - started, error=error, retry_in=retry_in)  # type: ignore[arg-type]
+        settled = True
+        try:
+            match fate.outcome:
+                case Outcome.SUCCEEDED:
+                    settled = await self._settler.delete(message)
+                case Outcome.RETRYING:
+                    assert fate.delay is not None
+                    settled = await self._settler.retry(message, fate.delay)
+                case Outcome.DEAD_LETTERED:
+                    assert fate.error is not None
+                    settled = await self._settler.dead_letter(message, fate.error)
+                case Outcome.RELEASED:
+                    settled = await self._settler.release(message)
+                case Outcome.LOST:
+                    pass  # SQS no longer knows our receipt: there is nothing to settle
+        except DeadLetterRefused as exc:
+            # e.g. the DLQ is gone: leave the message on its queue, where SQS delivers it again after its
+            # visibility timeout (and its redrive policy catches it in the end). Never lost.
+            log.error("the DLQ refused the message; it stays on its queue", extra={"error": str(exc)})
+            settled = False
+            fate = Fate(Outcome.RETRYING, fate.error, delay=self.tuning.visibility_timeout, note=str(exc)[:200])
+        if fate.outcome in (Outcome.SUCCEEDED, Outcome.DEAD_LETTERED):
+            self._remember(message.id, fate.outcome)
+        self._count(fate.outcome, settled)
+        result = Result(fate=fate, duration=time.monotonic() - started, settled=settled)
         for mw in self.middleware:
             try:
-                await mw.after(ctx, outcome)
+                await mw.after(ctx, result)
             except Exception as exc:
                 log.warning("middleware failed", extra={"middleware": type(mw).__name__, "error": str(exc)})
 
-    async def _heartbeat(self, message: Message) -> None:
-        interval = self.tuning.heartbeat_seconds
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self._sqs.change_message_visibility(
-                    QueueUrl=self.queue_url,
-                    ReceiptHandle=message.receipt_handle,
-                    VisibilityTimeout=self.tuning.visibility_timeout,
-                )
-                log.debug("visibility extended", extra={"by_s": self.tuning.visibility_timeout})
-            except Exception as exc:
-                log.warning("visibility heartbeat failed", extra={"error": str(exc)})
+    def _remember(self, message_id: str, outcome: Outcome) -> None:
+        self._settled[message_id] = outcome
+        self._settled.move_to_end(message_id)
+        while len(self._settled) > REMEMBERED:
+            self._settled.popitem(last=False)
 
-    async def _change_visibility(self, message: Message, seconds: int) -> None:
-        try:
-            await self._sqs.change_message_visibility(
-                QueueUrl=self.queue_url,
-                ReceiptHandle=message.receipt_handle,
-                VisibilityTimeout=min(seconds, 43_200),
-            )
-        except Exception as exc:
-            # Not fatal: the message reappears after its current visibility timeout instead.
-            log.warning("could not change visibility", extra={"error": str(exc)})
+    def _count(self, outcome: Outcome, settled: bool) -> None:
+        stats = self.stats
+        match outcome:
+            case Outcome.SUCCEEDED:
+                stats.succeeded += 1
+            case Outcome.RETRYING:
+                stats.retried += 1
+            case Outcome.DEAD_LETTERED:
+                stats.dead_lettered += 1
+            case Outcome.RELEASED:
+                stats.released += 1
+            case Outcome.LOST:
+                stats.lost += 1
+        stats.settle_failed += not settled
 
-    async def _release(self, message: Message) -> None:
-        await self._change_visibility(message, 0)
-
-    async def _release_all(self, messages: list[MessageTypeDef]) -> None:
+    async def _release_unstarted(self, messages: list[MessageTypeDef]) -> None:
         for raw in messages:
-            await self._release(Message.from_sqs(raw))
-        self.stats.released += len(messages)
+            message = Message.from_sqs(raw)
+            with log_context(worker=self.name, message_id=message.id):
+                released = await self._settler.release(message)
+            self.stats.released += 1
+            self.stats.settle_failed += not released
 
-    async def _dead_letter(self, message: Message, error: FleetError) -> None:
-        self.stats.dead_lettered += 1
-        if self.dlq_url is None:
-            # Without a DLQ the safest place is the source queue: leave it to SQS's own redrive/retention.
-            log.error("no DLQ configured; message left on the queue", extra={"error": error.reason})
+    async def _release_open_poll(self) -> None:
+        poll, self._open_poll = self._open_poll, None
+        if poll is None:
             return
-        ours: dict[str, MessageAttributeValueTypeDef] = {
-            "fleet.error": _string(error.reason[:REASON_LIMIT]),
-            "fleet.error-code": _string(error.code),
-            "fleet.worker": _string(self.name),
-            "fleet.attempts": {"DataType": "Number", "StringValue": str(message.receive_count)},
-            "fleet.source-queue": _string(self.queue_url.rsplit("/", 1)[-1]),
-        }
-        kept = {k: v for k, v in message.attributes.items() if k not in ours}
-        attributes = {**dict(list(kept.items())[: MAX_ATTRIBUTES - len(ours)]), **ours}
-        await self._sqs.send_message(QueueUrl=self.dlq_url, MessageBody=message.body, MessageAttributes=attributes)
-        await self._deleter.delete(message.receipt_handle)
+        try:
+            messages = await asyncio.wait_for(poll, self.tuning.wait_time_seconds + 10)
+        except Exception as exc:
+            log.warning("the poll open at stop did not finish", extra={"error": str(exc)})
+            return
+        if messages:
+            log.info("releasing messages received as the worker stopped", extra={"released": len(messages)})
+        await self._release_unstarted(messages)
 
     # --- shutdown --------------------------------------------------------------------------------
 
     async def _drain(self) -> None:
         if self._tasks:
-            timeout = self.tuning.drain_timeout
-            log.info("draining", extra={"in_flight": len(self._tasks), "timeout_s": timeout})
+            deadline = self._stop_deadline or time.monotonic() + self.tuning.drain_timeout
+            timeout = max(0.0, deadline - time.monotonic())
+            log.info("draining", extra={"in_flight": len(self._tasks), "timeout_s": round(timeout, 1)})
             if timeout > 0 and not self._stop_now.is_set():
                 all_done = asyncio.ensure_future(asyncio.wait(set(self._tasks)))
                 now = asyncio.create_task(self._stop_now.wait())
@@ -433,11 +539,9 @@ class Worker:
                     last_poll=self._last_poll,
                     updated=time.time(),
                     poll_budget=self.tuning.wait_time_seconds + 10,
+                    poll_failures=self._poll_failures,
+                    last_error=self._last_error,
                 ),
             )
         except OSError as exc:
             log.warning("health file not written", extra={"error": str(exc)})
-
-
-def _string(value: str) -> MessageAttributeValueTypeDef:
-    return {"DataType": "String", "StringValue": value or "-"}

@@ -27,6 +27,10 @@ if TYPE_CHECKING:
     from shared.resources import Resource
 
 
+# SQS's 12 h visibility limit since receipt, less a margin for the calls that settle a message.
+MAX_HIDDEN = 43_000
+
+
 class WorkerTuning(BaseModel):
     """How one worker consumes its queue."""
 
@@ -39,14 +43,27 @@ class WorkerTuning(BaseModel):
     heartbeat_interval: float | None = Field(
         None, gt=0, description="seconds between visibility extensions (default: a third of the timeout)"
     )
-    handler_timeout: float = Field(900.0, gt=0, description="a handler running longer is cancelled and retried")
+    handler_timeout: float = Field(
+        900.0, gt=0, le=MAX_HIDDEN, description="a handler running longer is cancelled and retried"
+    )
     max_attempts: int = Field(5, ge=1, le=REDRIVE_MAX_RECEIVE_COUNT)
     backoff_base: float = Field(2.0, ge=0, description="first retry delay, seconds; doubles per attempt")
-    backoff_max: float = Field(900.0, ge=0, le=43_200)
+    backoff_max: float = Field(900.0, ge=0, le=MAX_HIDDEN, description="longest retry delay, seconds")
     drain_timeout: float = Field(25.0, ge=0, le=120, description="seconds to finish in-flight work on SIGTERM")
     burst_idle_seconds: float = Field(
         2.0, ge=0, description="in --burst mode, exit after the queue stayed empty this long"
     )
+
+    @model_validator(mode="after")
+    def _fits_sqs_visibility_limit(self) -> Self:
+        # The heartbeat can keep a message hidden at most 12 h after it was received: the handler's time
+        # plus one more visibility timeout (to settle it) must fit in that.
+        if self.handler_timeout + self.visibility_timeout > MAX_HIDDEN:
+            raise ValueError(
+                f"handler_timeout ({self.handler_timeout:g}s) + visibility_timeout ({self.visibility_timeout}s) "
+                f"must fit in {MAX_HIDDEN}s: SQS hides a message at most 12 h after it was received"
+            )
+        return self
 
     @model_validator(mode="after")
     def _heartbeat_below_visibility(self) -> Self:

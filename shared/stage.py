@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
 
+from shared import attributes as attrs
 from shared.envelope import unwrap
 from shared.errors import Poison
 
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
 M = TypeVar("M", bound=BaseModel)
 
-JOB_ID_ATTRIBUTE = "fleet.job-id"
+JOB_ID_ATTRIBUTE = attrs.JOB_ID
 
 
 @dataclass(frozen=True)
@@ -34,23 +35,36 @@ class Message:
     receive_count: int
     sent_at: float | None
     attributes: dict[str, Any] = field(default_factory=dict)
+    received_at: float = field(default_factory=time.time)  # wall clock: SQS's 12 h visibility limit counts from it
+    failures: int = 0  # handler failures before this copy was sent (a copy re-sent when it was released)
+    origin_id: str = ""  # the id of the first copy
 
     @classmethod
-    def from_sqs(cls, raw: MessageTypeDef) -> Message:
+    def from_sqs(cls, raw: MessageTypeDef, *, received_at: float | None = None) -> Message:
         system = raw.get("Attributes", {})
         sent = system.get("SentTimestamp")
+        attributes = dict(raw.get("MessageAttributes", {}))
+        message_id = raw["MessageId"]
         return cls(
-            id=raw["MessageId"],
+            id=message_id,
             receipt_handle=raw["ReceiptHandle"],
             body=raw.get("Body", ""),
             receive_count=int(system.get("ApproximateReceiveCount", "1")),
             sent_at=int(sent) / 1000 if sent else None,
-            attributes=dict(raw.get("MessageAttributes", {})),
+            attributes=attributes,
+            received_at=time.time() if received_at is None else received_at,
+            failures=_count(_string_attribute(attributes, attrs.FAILURES)),
+            origin_id=_message_id(_string_attribute(attributes, attrs.ORIGIN_ID)) or message_id,
         )
 
     def attribute(self, name: str) -> str | None:
-        value = self.attributes.get(name)
-        return str(value.get("StringValue")) if isinstance(value, dict) and "StringValue" in value else None
+        return _string_attribute(self.attributes, name)
+
+    @property
+    def attempt(self) -> int:
+        """This delivery's attempt number: handler failures so far, plus one. Releases never count; a crash
+        does (SQS counts the receive), which is what lets its redrive policy catch a message that kills workers."""
+        return self.failures + max(1, self.receive_count)
 
     @property
     def job_id(self) -> str | None:
@@ -59,6 +73,23 @@ class Message:
     @property
     def lag_seconds(self) -> float | None:
         return max(0.0, time.time() - self.sent_at) if self.sent_at else None
+
+
+def _string_attribute(attributes: dict[str, Any], name: str) -> str | None:
+    value = attributes.get(name)
+    return str(value.get("StringValue")) if isinstance(value, dict) and "StringValue" in value else None
+
+
+def _count(value: str | None, limit: int = 1000) -> int:
+    """A count carried in an attribute anyone could have set: an integer in [0, limit], else 0."""
+    try:
+        return min(limit, max(0, int(value or 0)))
+    except ValueError:
+        return 0
+
+
+def _message_id(value: str | None) -> str | None:
+    return value if value and len(value) <= 100 and value.replace("-", "").isalnum() else None
 
 
 @dataclass
@@ -80,7 +111,7 @@ class Context:
 
     @property
     def attempt(self) -> int:
-        return self.message.receive_count
+        return self.message.attempt
 
     @property
     def job_id(self) -> str | None:

@@ -1,8 +1,13 @@
 """A fault-injecting HTTP reverse proxy in front of the AWS emulator.
 
 Point one client at `proxy.url` and everything it sends is forwarded to the emulator, except requests that
-match a rule: those get an AWS-style error response (for the first `times` matches, or always), exactly
-as a real service outage would reach botocore — over HTTP, through its parsers and retry handlers.
+match a rule (for the first `times` matches, or always). A rule's `action` says what happens to them, exactly
+as a real network or service fault would reach botocore — over HTTP, through its parsers and retry handlers:
+
+- `fault`: an AWS-style error response (`status`, `code`); the request never reaches the emulator;
+- `delay`: forwarded after `delay` seconds (a slow network or a stalled service);
+- `lose_reply`: forwarded, so it takes effect, then the connection is closed before any reply is sent
+  (the request took effect, the answer never came).
 
     with FaultProxy(aws_endpoint) as proxy:
         rule = proxy.add(Rule("ddb-update", amz_target("DynamoDB_20120810.UpdateItem"), times=2))
@@ -21,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Self
+from typing import Literal, Self
 from urllib.parse import parse_qs, urlsplit
 
 HOP_BY_HOP = frozenset(
@@ -65,6 +70,8 @@ class Rule:
     name: str
     match: Matcher
     times: int | None = None  # None: fault every match
+    action: Literal["fault", "delay", "lose_reply"] = "fault"
+    delay: float = 0.0
     status: int = 500
     code: str = "InternalServerError"
     message: str = "fault injected by tests/faultproxy.py"
@@ -137,11 +144,16 @@ class FaultProxy:
                 body = self.rfile.read(length) if length else b""
                 request = Request(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
                 rule = proxy._decide(request)
-                if rule is not None:
+                if rule is not None and rule.action == "fault":
                     headers, payload = error_response(request, rule)
                     self._reply(rule.status, headers, payload)
                     return
+                if rule is not None and rule.action == "delay":
+                    time.sleep(rule.delay)
                 status, headers, payload = proxy._forward(request)
+                if rule is not None and rule.action == "lose_reply":
+                    self.close_connection = True  # the emulator acted; the client never hears of it
+                    return
                 self._reply(status, headers, payload)
 
             def _reply(self, status: int, headers: dict[str, str], payload: bytes) -> None:
@@ -190,3 +202,8 @@ class FaultProxy:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def sqs_action(action: str) -> Matcher:
+    """SQS speaks the JSON protocol: `X-Amz-Target: AmazonSQS.<Action>`."""
+    return amz_target(f"AmazonSQS.{action}")

@@ -84,9 +84,7 @@ async def run_finalizer(
     stage: FinalizerStage, services: Services, *, tune: WorkerTuning | None = None, timeout: float = 60
 ) -> Worker:
     """The real runtime, in burst mode, until the finalize queue is empty."""
-    worker = await Worker.create(
-        stage, services, queue=FINALIZE, tuning=tune or tuning(), burst=True, install_signals=False
-    )
+    worker = await Worker.create(stage, services, queue=FINALIZE, tuning=tune or tuning(), burst=True)
     await asyncio.wait_for(worker.run(), timeout)
     return worker
 

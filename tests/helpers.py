@@ -98,6 +98,6 @@ async def drain_queue(services: Services, url: str, wait: int = 1) -> list[dict[
 async def run_burst(
     stage: Any, services: Services, tuning: WorkerTuning, timeout: float = 60, queue: Queue = ECHO
 ) -> Worker:
-    worker = await Worker.create(stage, services, queue=queue, tuning=tuning, burst=True, install_signals=False)
+    worker = await Worker.create(stage, services, queue=queue, tuning=tuning, burst=True)
     await asyncio.wait_for(worker.run(), timeout)
     return worker

@@ -36,7 +36,7 @@ def tuning(**overrides: Any) -> WorkerTuning:
 
 async def run(stage: Any, services: Services) -> Worker:
     queue = INGEST if isinstance(stage, IngestStage) else COMPACT
-    worker = await Worker.create(stage, services, queue=queue, tuning=tuning(), burst=True, install_signals=False)
+    worker = await Worker.create(stage, services, queue=queue, tuning=tuning(), burst=True)
     await asyncio.wait_for(worker.run(), 60)
     return worker
 

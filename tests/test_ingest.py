@@ -91,7 +91,7 @@ async def feed(services: Services, bodies: list[dict[str, Any]], workers: list[W
 async def run_until_handled(services: Services, stage: IngestStage, messages: int) -> Worker:
     """Run a worker until it has settled `messages` messages. (A burst worker would wait for the max
     wait to flush the pending files first.)"""
-    worker = await Worker.create(stage, services, queue=INGEST, tuning=tuning(), burst=False, install_signals=False)
+    worker = await Worker.create(stage, services, queue=INGEST, tuning=tuning(), burst=False)
     running = asyncio.create_task(worker.run())
     await wait_until(lambda: settled([worker]) >= messages)
     worker.stop()
@@ -295,10 +295,7 @@ async def test_450_files_with_duplicates_and_three_racing_workers_make_exactly_t
     config = IngestConfig(max_wait_seconds=3600, tick_seconds=0.3, lease_seconds=30)
     stages = [IngestStage(roomy, config) for _ in range(3)]
     workers = [
-        await Worker.create(
-            s, roomy, queue=INGEST, tuning=tuning(burst_idle_seconds=2), burst=True, install_signals=False
-        )
-        for s in stages
+        await Worker.create(s, roomy, queue=INGEST, tuning=tuning(burst_idle_seconds=2), burst=True) for s in stages
     ]
     running = [asyncio.create_task(w.run()) for w in workers]
 
@@ -354,7 +351,7 @@ async def run_until_crash(
     """Run one ingest worker until it dies at `step`; returns the manifest it was working on."""
     crashed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     stage = IngestStage(services, config, checkpoint=crash_at(step, crashed, nth))
-    worker = await Worker.create(stage, services, queue=INGEST, tuning=tuning(), burst=False, install_signals=False)
+    worker = await Worker.create(stage, services, queue=INGEST, tuning=tuning(), burst=False)
     running = asyncio.create_task(worker.run())
     await feed(services, bodies, [worker])
     manifest_id = await asyncio.wait_for(crashed, 30)
@@ -366,7 +363,7 @@ async def run_until_crash(
 async def recover(services: Services, config: IngestConfig) -> IngestStage:
     """A fresh worker (another process, after the crash) in burst mode."""
     stage = IngestStage(services, config)
-    worker = await Worker.create(stage, services, queue=INGEST, tuning=tuning(), burst=True, install_signals=False)
+    worker = await Worker.create(stage, services, queue=INGEST, tuning=tuning(), burst=True)
     await asyncio.wait_for(worker.run(), 30)
     return stage
 
@@ -447,16 +444,14 @@ async def test_a_builder_that_stalls_past_its_lease_cannot_add_to_the_manifest_t
                 await resume.wait()
 
     slow = IngestStage(fleet, config, checkpoint=stall)
-    slow_worker = await Worker.create(slow, fleet, queue=INGEST, tuning=tuning(), burst=False, install_signals=False)
+    slow_worker = await Worker.create(slow, fleet, queue=INGEST, tuning=tuning(), burst=False)
     running = asyncio.create_task(slow_worker.run())
     await feed(fleet, bodies, [slow_worker])
     manifest_id = await asyncio.wait_for(stalled, 30)
 
     # When another worker's sweeper finishes the manifest, and only then the stalled builder wakes up
     rescuer = IngestStage(fleet, config.model_copy(update={"tick_seconds": 0.2}))
-    rescuer_worker = await Worker.create(
-        rescuer, fleet, queue=INGEST, tuning=tuning(), burst=False, install_signals=False
-    )
+    rescuer_worker = await Worker.create(rescuer, fleet, queue=INGEST, tuning=tuning(), burst=False)
     rescuing = asyncio.create_task(rescuer_worker.run())
     await wait_until(lambda: rescuer.builder.recovered == 1, timeout=30)
     rescuer_worker.stop()

@@ -129,10 +129,7 @@ async def test_heartbeat_keeps_a_long_job_from_being_delivered_twice(fleet: Serv
     await send(fleet, url, [{"n": 1, "sleep": 6}])
     stage = ScriptedStage()
     tuning = fast_tuning(visibility_timeout=2, heartbeat_interval=0.5)
-    workers = [
-        await Worker.create(stage, fleet, queue=ECHO, tuning=tuning, burst=True, install_signals=False)
-        for _ in range(2)
-    ]
+    workers = [await Worker.create(stage, fleet, queue=ECHO, tuning=tuning, burst=True) for _ in range(2)]
 
     # When both run until the queue is empty
     await asyncio.wait_for(asyncio.gather(*(w.run() for w in workers)), 60)
@@ -181,7 +178,7 @@ async def test_stop_drains_then_releases_unfinished_messages(fleet: Services) ->
         [{"n": 1, "sleep": 0.2}, {"n": 2, "sleep": 0.2}, {"n": 3, "sleep": 60}, {"n": 4, "sleep": 60}],
     )
     stage = ScriptedStage()
-    worker = await Worker.create(stage, fleet, queue=ECHO, tuning=fast_tuning(drain_timeout=1), install_signals=False)
+    worker = await Worker.create(stage, fleet, queue=ECHO, tuning=fast_tuning(drain_timeout=1))
     task = asyncio.create_task(worker.run())
 
     # When it is asked to stop once all four are running
@@ -201,9 +198,7 @@ async def test_stop_drains_then_releases_unfinished_messages(fleet: Services) ->
 async def test_a_message_the_dlq_refuses_stays_on_its_queue(fleet: Services) -> None:
     # Given a worker whose DLQ has been deleted under it, and a poison message
     url, dlq = await queue_urls(fleet)
-    worker = await Worker.create(
-        ScriptedStage(), fleet, queue=ECHO, tuning=fast_tuning(visibility_timeout=1), install_signals=False
-    )
+    worker = await Worker.create(ScriptedStage(), fleet, queue=ECHO, tuning=fast_tuning(visibility_timeout=1))
     await fleet.aws.sqs.delete_queue(QueueUrl=dlq)
     await send(fleet, url, ["not json"])
 

@@ -32,7 +32,7 @@ async def demo(settings: FleetSettings, console: Console) -> None:
         await sqs.send_message(QueueUrl=url, MessageBody="not json at all")
         console.print(f"submitted {len(jobs)} echo jobs + 2 malformed messages to {settings.name_of(ECHO)}")
 
-    stats = (await run_workers(settings, ["echo"], burst=True, install_signals=False))["echo"]
+    stats = (await run_workers(settings, ["echo"], burst=True))["echo"]
     console.print(
         f"echo worker (burst): received {stats.received}, succeeded {stats.succeeded}, "
         f"retried {stats.retried}, dead-lettered {stats.dead_lettered}"

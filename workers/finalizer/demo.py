@@ -120,7 +120,7 @@ async def demo(settings: FleetSettings, console: Console) -> None:
             await send_job(services, FINALIZE, event, kind="demo", job_id=event["execution_id"], detail=detail)
         console.print(f"sent {len(events)} final events to {settings.name_of(FINALIZE)}")
 
-    stats = (await run_workers(settings, ["finalizer"], burst=True, install_signals=False))["finalizer"]
+    stats = (await run_workers(settings, ["finalizer"], burst=True))["finalizer"]
     console.print(
         f"finalizer worker (burst): received {stats.received}, succeeded {stats.succeeded}, "
         f"dead-lettered {stats.dead_lettered}"

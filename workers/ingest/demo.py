@@ -78,7 +78,7 @@ async def demo(settings: FleetSettings, console: Console) -> None:
         update={"workers": {**settings.workers, "compact": {"burst_idle_seconds": 4, "wait_time_seconds": 2}}}
     )
     with ingest_env(max_wait_seconds=1, tick_seconds=0.25, lease_seconds=10):
-        stats = await run_workers(tuned, ["ingest", "compact"], burst=True, install_signals=False)
+        stats = await run_workers(tuned, ["ingest", "compact"], burst=True)
     console.print(f"ingest: {stats['ingest'].succeeded} notifications; compact: {stats['compact'].succeeded} manifests")
 
     async with open_services(settings) as services:
