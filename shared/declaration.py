@@ -50,8 +50,9 @@ RUNTIME_QUEUE_ACTIONS = (
     "sqs:DeleteMessage",
     "sqs:ChangeMessageVisibility",
     "sqs:GetQueueAttributes",
+    "sqs:SendMessage",  # a release re-sends the message (shared/settler.py) so it keeps its attempt
 )
-RUNTIME_DLQ_ACTIONS = ("sqs:GetQueueUrl", "sqs:SendMessage")
+RUNTIME_DLQ_ACTIONS = ("sqs:GetQueueUrl", "sqs:GetQueueAttributes", "sqs:SendMessage")
 RUNTIME_JOB_ACTIONS = ("dynamodb:UpdateItem",)  # JobsMiddleware; reading a job is the CLI's business
 RUNTIME_METRIC_ACTIONS = ("cloudwatch:PutMetricData",)
 

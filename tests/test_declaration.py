@@ -94,7 +94,7 @@ def test_the_runtime_grants_itself_what_it_calls_on_a_consumed_queue() -> None:
     perms = {(u.resource.kind, u.resource.key): set(u.actions) for u in spec.permissions()}
     # Then the runtime's receive/delete/visibility calls, the DLQ send and job tracking are added to its own
     assert {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"} <= perms[("queue", "w")]
-    assert perms[("dlq", "w")] == {"sqs:GetQueueUrl", "sqs:SendMessage"}
+    assert perms[("dlq", "w")] == {"sqs:GetQueueUrl", "sqs:GetQueueAttributes", "sqs:SendMessage"}
     assert perms[("table", "jobs")] == {"dynamodb:UpdateItem", "dynamodb:PutItem"}
 
 
