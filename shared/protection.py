@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from shared.middleware import Middleware, Outcome
+from shared.middleware import Middleware, Result
 from shared.stage import Context
 
 log = logging.getLogger("fleet.protection")
@@ -161,7 +161,7 @@ class ProtectionMiddleware(Middleware):
         hold.acquiring = asyncio.ensure_future(self.protection.acquire())
         await asyncio.shield(hold.acquiring)
 
-    async def after(self, ctx: Context, outcome: Outcome) -> None:
+    async def after(self, ctx: Context, result: Result) -> None:
         hold = self._holds.pop(ctx.message.receipt_handle, None)
         if hold is None or hold.timer is None or self.protection is None:
             return

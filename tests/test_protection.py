@@ -56,9 +56,7 @@ async def test_a_handler_running_past_the_drain_timeout_protects_the_task_until_
     url, _ = await queue_urls(fleet)
     await send(fleet, url, [{"n": 1}, {"n": 2}, {"n": 3}])
     stage, gates = held_until_released(1, 3)
-    worker = await Worker.create(
-        stage, fleet, queue=ECHO, tuning=fast_tuning(drain_timeout=0.5), burst=True, install_signals=False
-    )
+    worker = await Worker.create(stage, fleet, queue=ECHO, tuning=fast_tuning(drain_timeout=0.5), burst=True)
     running = asyncio.create_task(worker.run())
 
     # When the long ones run past the drain timeout, Then the task is protected, for 30 minutes
@@ -80,13 +78,18 @@ async def test_a_sigterm_during_a_protected_job_still_drains_and_releases_it(fle
     url, _ = await queue_urls(fleet)
     await send(fleet, url, [{"n": 1}, {"n": 2}])
     stage, _ = held_until_released(1)
-    worker = await Worker.create(stage, fleet, queue=ECHO, tuning=fast_tuning(drain_timeout=1.0), install_signals=True)
+    worker = await Worker.create(stage, fleet, queue=ECHO, tuning=fast_tuning(drain_timeout=1.0))
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, worker.stop)  # as `fleet worker` installs it (shared/app.py)
     running = asyncio.create_task(worker.run())
     await wait_until(lambda: agent.state.enabled and worker.stats.succeeded == 1)
 
     # When the task gets SIGTERM (a Spot interruption or a StopTask: protection does not stop those)
     os.kill(os.getpid(), signal.SIGTERM)
-    stats = await asyncio.wait_for(running, 30)
+    try:
+        stats = await asyncio.wait_for(running, 30)
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
     # Then the job had its drain time, was released for another task at once, and protection dropped
     assert (stats.succeeded, stats.released) == (1, 1)
@@ -103,9 +106,7 @@ async def test_an_agent_that_refuses_protection_changes_no_message_fate(
     url, _ = await queue_urls(fleet)
     await send(fleet, url, [{"n": 1}])
     stage, gates = held_until_released(1)
-    worker = await Worker.create(
-        stage, fleet, queue=ECHO, tuning=fast_tuning(drain_timeout=0.2), burst=True, install_signals=False
-    )
+    worker = await Worker.create(stage, fleet, queue=ECHO, tuning=fast_tuning(drain_timeout=0.2), burst=True)
     running = asyncio.create_task(worker.run())
     # When the long handler asks for protection and is refused
     await wait_until(lambda: agent.state.requests >= 1)
@@ -139,9 +140,7 @@ async def test_outside_ecs_nothing_is_asked(
     url, _ = await queue_urls(fleet)
     await send(fleet, url, [{"n": 1, "sleep": 0.3}])
     caplog.set_level(logging.DEBUG, logger="fleet.protection")
-    worker = await Worker.create(
-        ScriptedStage(), fleet, queue=ECHO, tuning=fast_tuning(drain_timeout=0), burst=True, install_signals=False
-    )
+    worker = await Worker.create(ScriptedStage(), fleet, queue=ECHO, tuning=fast_tuning(drain_timeout=0), burst=True)
     await asyncio.wait_for(worker.run(), 60)
     assert worker.stats.succeeded == 1
     assert not [r for r in caplog.records if r.name == "fleet.protection"]

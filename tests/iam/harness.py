@@ -15,7 +15,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,7 @@ class IamEmulator:
         self._proc: subprocess.Popen[bytes] | None = None
         self.admin = Keys("", "")
         self._opening: dict[int, asyncio.Lock] = {}  # one per event loop (each test has its own)
+        self._iam: Any = None
 
     def start(self) -> IamEmulator:
         port = free_port()
@@ -113,7 +114,9 @@ class IamEmulator:
 
     def user(self, name: str, policy: dict[str, Any]) -> Keys:
         """An IAM user whose only permissions are `policy` (an inline policy)."""
-        iam = self._client("iam", self.admin)
+        if self._iam is None:
+            self._iam = self._client("iam", self.admin)
+        iam = self._iam
         iam.create_user(UserName=name)
         iam.put_user_policy(UserName=name, PolicyName="worker", PolicyDocument=json.dumps(policy))
         key = iam.create_access_key(UserName=name)["AccessKey"]
@@ -139,23 +142,28 @@ def policy_for(spec: WorkerSpec, settings: FleetSettings, account: str) -> dict[
 
 
 class _Probe:
-    """The worker's stage, except that its first handler waits for a visibility heartbeat to be
-    answered: every run then exercises the runtime's heartbeat (sqs:ChangeMessageVisibility)."""
+    """The worker's stage, except that in the first phase its first handler waits for a visibility
+    heartbeat to be answered, then stops the worker and never finishes: the runtime's drain cancels it
+    and releases its message. Every run thus exercises the heartbeat and the release, whatever the stage."""
 
-    def __init__(self, stage: Stage[Any], recorder: Recorder) -> None:
+    def __init__(self, stage: Stage[Any], recorder: Recorder, *, hold_first: bool) -> None:
         self._stage = stage
         self._recorder = recorder
-        self._first = True
+        self._hold = hold_first
+        self.worker: Worker | None = None
         self.name = stage.name
 
     def parse(self, body: str) -> Any:
         return self._stage.parse(body)
 
     async def handle(self, message: Any, ctx: Context) -> None:
-        if self._first:
-            self._first = False
+        if self._hold:
+            self._hold = False
             async with asyncio.timeout(30):
-                await self._recorder.completed("ChangeMessageVisibility").wait()
+                await self._recorder.completed("sqs:ChangeMessageVisibility").wait()
+            assert self.worker is not None
+            self.worker.stop()
+            await asyncio.Event().wait()  # until the drain gives up on it
         await self._stage.handle(message, ctx)
 
 
@@ -188,10 +196,13 @@ class Run:
 
     def tuning(self, **overrides: Any) -> WorkerTuning:
         declared = dict(self.spec.tuning)
-        return fast_tuning(**{**declared, "heartbeat_interval": 0.2, "visibility_timeout": 30, **overrides})
+        base = {"heartbeat_interval": 0.2, "visibility_timeout": 30, "burst_idle_seconds": 0}
+        return fast_tuning(**{**declared, **base, **overrides})
 
     async def burst(self, stage: Stage[Any] | None = None, *, timeout: float = 60, **tuning: Any) -> BurstResult:
-        """Dead-letter a poison message and drain the worker's queue under its own identity.
+        """Dead-letter a poison message and drain the worker's queue under its own identity, in two
+        runs: the first is stopped once its first handler has seen a heartbeat (that message is
+        released), the second drains everything.
 
         Stops at the first AccessDenied (raising `Denied`), whether or not the runtime would have
         tolerated it."""
@@ -204,13 +215,23 @@ class Run:
         await sqs.send_message(QueueUrl=url, MessageBody=POISON)
 
         inner = stage or load_stage(self.spec, self.worker)
-        probe = (_TickingProbe if isinstance(inner, Ticking) else _Probe)(inner, self.recorder)
+        first = await self._run(inner, timeout, hold_first=True, **{"drain_timeout": 0.3, **tuning})
+        assert first.released >= 1, "the first run released nothing: does the scenario queue a valid message?"
+        second = await self._run(inner, timeout, hold_first=False, **tuning)
+        stats = RunStats(**{f.name: getattr(first, f.name) + getattr(second, f.name) for f in fields(RunStats)})
+        letters = await drain_queue(self.admin, dlq, wait=0)
+        bodies = [m.get("Body") for m in letters]
+        assert POISON in bodies, f"the poison message was not dead-lettered: {bodies}"
+        return BurstResult(stats, [m for m in letters if m.get("Body") != POISON])
+
+    async def _run(self, inner: Stage[Any], timeout: float, *, hold_first: bool, **tuning: Any) -> RunStats:
+        queue = self.spec.queue
+        assert queue is not None
+        probe = (_TickingProbe if isinstance(inner, Ticking) else _Probe)(inner, self.recorder, hold_first=hold_first)
         denied = asyncio.create_task(self.recorder.denied_event.wait())
         try:
             created = asyncio.create_task(
-                Worker.create(
-                    probe, self.worker, queue=queue, tuning=self.tuning(**tuning), burst=True, install_signals=False
-                )
+                Worker.create(probe, self.worker, queue=queue, tuning=self.tuning(**tuning), burst=True)
             )
             await asyncio.wait({created, denied}, return_when=asyncio.FIRST_COMPLETED)
             if denied.done():
@@ -218,7 +239,7 @@ class Run:
                 with contextlib.suppress(BaseException):
                     await created
                 raise Denied(self.recorder.denied)
-            worker = created.result()
+            probe.worker = worker = created.result()
             running = asyncio.create_task(worker.run())
             done, _ = await asyncio.wait({running, denied}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             if running not in done:
@@ -228,13 +249,9 @@ class Run:
                 raise Denied(self.recorder.denied)
             if running not in done:
                 raise TimeoutError(f"{self.spec.name} did not drain its queue within {timeout:g}s")
-            stats = running.result()
+            return running.result()
         finally:
             denied.cancel()
-        letters = await drain_queue(self.admin, dlq, wait=0)
-        bodies = [m.get("Body") for m in letters]
-        assert POISON in bodies, f"the poison message was not dead-lettered: {bodies}"
-        return BurstResult(stats, [m for m in letters if m.get("Body") != POISON])
 
 
 Scenario = Callable[[Run], Awaitable[None]]

@@ -33,9 +33,9 @@ class Recorder:
             client.meta.events.register("provide-client-params", self._called)
             client.meta.events.register("after-call", self._answered)
 
-    def completed(self, operation: str) -> asyncio.Event:
-        """Set once a call of this operation has had its answer (allowed or not)."""
-        return self._completed.setdefault(operation, asyncio.Event())
+    def completed(self, action: str) -> asyncio.Event:
+        """Set once a call needing this IAM action (`sqs:ChangeMessageVisibility`) has had its answer."""
+        return self._completed.setdefault(action, asyncio.Event())
 
     def _called(self, params: Mapping[str, Any], model: Any, context: dict[str, Any], **_: Any) -> None:
         needed = list(permissions_of(model.service_model.service_name, model.name, params))
@@ -45,7 +45,8 @@ class Recorder:
     def _answered(
         self, http_response: Any, parsed: Mapping[str, Any], model: Any, context: dict[str, Any], **_: Any
     ) -> None:
-        self.completed(model.name).set()
+        for permission in context.get(CONTEXT_KEY, []):
+            self.completed(permission.action).set()
         code = str(parsed.get("Error", {}).get("Code", "")) if isinstance(parsed, Mapping) else ""
         if code in DENIED_CODES or getattr(http_response, "status_code", 200) == 403:
             self.denied.extend(context.get(CONTEXT_KEY, []))

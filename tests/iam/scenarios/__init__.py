@@ -16,7 +16,8 @@ To add yours (one file, `tests/iam/scenarios/<worker>.py`):
         ...
 
 The run fails at the first AccessDenied. Every IAM action the worker declares must be used by its
-scenario; an action only a failure path needs goes in `unused=` with the reason.
+scenario; an action only a failure path needs goes in `unused=` with the reason. Only the worker's own
+resources are created: `needs=("ingest",)` adds another worker's, for a setup that runs it.
 """
 
 from __future__ import annotations
@@ -33,16 +34,19 @@ from tests.iam.harness import Scenario
 class Registered:
     run: Scenario
     unused: Mapping[str, str] = field(default_factory=dict)  # IAM action -> why the scenario cannot use it
+    needs: tuple[str, ...] = ()  # other workers whose resources the scenario's setup uses
 
 
 SCENARIOS: dict[str, Registered] = {}
 
 
-def scenario(worker: str, *, unused: Mapping[str, str] | None = None) -> Callable[[Scenario], Scenario]:
+def scenario(
+    worker: str, *, unused: Mapping[str, str] | None = None, needs: tuple[str, ...] = ()
+) -> Callable[[Scenario], Scenario]:
     def register(fn: Scenario) -> Scenario:
         if worker in SCENARIOS:
             raise ValueError(f"two least-privilege scenarios for worker {worker!r}")
-        SCENARIOS[worker] = Registered(fn, dict(unused or {}))
+        SCENARIOS[worker] = Registered(fn, dict(unused or {}), needs)
         return fn
 
     return register

@@ -15,9 +15,10 @@ async def echo(run: Run) -> None:
     job_id = await send_job(run.admin, ECHO, {"text": f"hello {run.ident}"}, kind="echo")
     # When echo drains its queue
     result = await run.burst()
-    # Then the job was handled and its stages recorded
+    # Then the job was echoed once (after the harness's release of its first delivery) and tracked
     assert result.stats.succeeded == 1 and result.dead_letters == []
     job = await run.admin.jobs.get(job_id)
     assert job is not None
     assert job["progress"]["echo"]["status"] == "SUCCEEDED"
-    assert [h["status"] for h in job["history"] if h["stage"] == "echo"] == ["RUNNING", "ECHOED", "SUCCEEDED"]
+    statuses = [h["status"] for h in job["history"] if h["stage"] == "echo"]
+    assert statuses[-2:] == ["ECHOED", "SUCCEEDED"] and statuses.count("ECHOED") == 1
