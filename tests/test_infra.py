@@ -20,7 +20,7 @@ import pytest
 from infra.config import DeployConfig, ServiceConfig, from_context
 from infra.model import services
 from infra.policy import grants
-from infra.sizing import LATENCY_TARGET_SECONDS, backlog_target, floor_target
+from infra.sizing import LATENCY_TARGET_SECONDS, backlog_target, floor_target, measured
 from shared.registry import discover
 from shared.resources import REDRIVE_MAX_RECEIVE_COUNT
 from shared.settings import load_settings
@@ -184,7 +184,8 @@ def test_every_worker_scales_on_its_backlog_per_task_within_its_task_limits(
             tasks = metrics["tasks"]["MetricStat"]["Metric"]
             assert tasks["MetricName"] == "RunningTaskCount"
             assert {"Name": "ServiceName", "Value": {"Fn::GetAtt": [service_id, "Name"]}} in tasks["Dimensions"]
-            assert policy["TargetValue"] >= 1
+            (service,) = [s for s in services(REGISTRY, load_settings()) if s.name == worker]
+            assert policy["TargetValue"] == backlog_target(service)
         else:
             age = metrics["iterator_age"]["MetricStat"]["Metric"]
             assert age["MetricName"] == "GetRecords.IteratorAgeMilliseconds"
@@ -362,13 +363,13 @@ def test_context_values_from_the_command_line_are_typed_and_checked() -> None:
 
 
 def test_the_backlog_target_is_what_one_task_clears_within_the_latency_target() -> None:
+    rates = measured()
+    assert rates, "infra/sizing.json: run `python bench/sizing.py --write`"
     for service in services(REGISTRY, load_settings()):
-        target = backlog_target(service)
-        # Measured: throughput x latency target; else the floor every worker meets by construction
-        assert target >= 1
-        assert target >= min(floor_target(service), target)
-    assert LATENCY_TARGET_SECONDS == 60
-    assert (
-        DeployConfig(defaults=ServiceConfig(backlog_target=7)).of(services(REGISTRY, load_settings())[0]).backlog_target
-        == 7
-    )
+        # Measured: per-task throughput x the latency target; else a floor every worker meets
+        rate = rates.get(service.name)
+        expected = rate * LATENCY_TARGET_SECONDS if rate else floor_target(service)
+        assert backlog_target(service) == max(1, round(expected))
+    # And a context value overrides it
+    first = services(REGISTRY, load_settings())[0]
+    assert DeployConfig(defaults=ServiceConfig(backlog_target=7)).of(first).backlog_target == 7

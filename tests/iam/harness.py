@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, fields
@@ -164,7 +165,9 @@ class _Probe:
             assert self.worker is not None
             self.worker.stop()
             await asyncio.Event().wait()  # until the drain gives up on it
+        started, cpu = time.perf_counter(), time.process_time()
         await self._stage.handle(message, ctx)
+        self._recorder.durations.append((time.perf_counter() - started, time.process_time() - cpu))
 
 
 class _TickingProbe(_Probe):
@@ -263,6 +266,7 @@ class Outcome:
     used: set[Permission]
     denied: list[Permission]
     error: BaseException | None
+    durations: list[tuple[float, float]]  # (wall, process CPU) seconds of every handler that ran to its end
 
     @property
     def passed(self) -> bool:
@@ -303,4 +307,4 @@ async def exercise(
                 await scenario(run)
             except Exception as exc:
                 error = exc
-    return Outcome(settings, recorder.permissions(), recorder.denied, error)
+    return Outcome(settings, recorder.permissions(), recorder.denied, error, recorder.durations)

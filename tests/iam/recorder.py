@@ -24,6 +24,8 @@ class Recorder:
         self.used: Counter[Permission] = Counter()
         self.denied: list[Permission] = []
         self.denied_event = asyncio.Event()
+        # (wall, process CPU) seconds each handler took: bench/sizing.py reads them
+        self.durations: list[tuple[float, float]] = []
         self._completed: dict[str, asyncio.Event] = {}
 
     def attach(self, aws: AwsClients) -> None:
