@@ -165,12 +165,8 @@ class FleetStack(Stack):
                     self,
                     f"Table{ident}",
                     table_name=entry["name"],
-                    partition_key=dynamodb.Attribute(name=resource.hash_key, type=dynamodb.AttributeType.STRING),
-                    sort_key=(
-                        dynamodb.Attribute(name=resource.range_key, type=dynamodb.AttributeType.STRING)
-                        if resource.range_key
-                        else None
-                    ),
+                    partition_key=_key(resource.hash_key),
+                    sort_key=_key(resource.range_key),
                     billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
                     point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
                         point_in_time_recovery_enabled=True
@@ -182,12 +178,8 @@ class FleetStack(Stack):
                 for index in resource.indexes:
                     table.add_global_secondary_index(
                         index_name=index.name,
-                        partition_key=dynamodb.Attribute(name=index.hash_key, type=dynamodb.AttributeType.STRING),
-                        sort_key=(
-                            dynamodb.Attribute(name=index.range_key, type=dynamodb.AttributeType.STRING)
-                            if index.range_key
-                            else None
-                        ),
+                        partition_key=_key(index.hash_key),
+                        sort_key=_key(index.range_key),
                         projection_type=dynamodb.ProjectionType.ALL,
                     )
                 self.tables[resource.key] = table
@@ -608,6 +600,11 @@ class FleetStack(Stack):
                 width=width,
             ),
         )
+
+
+def _key(name: str | None) -> dynamodb.Attribute | None:
+    """A key attribute: every key fleet declares is a string."""
+    return dynamodb.Attribute(name=name, type=dynamodb.AttributeType.STRING) if name else None
 
 
 def _metric(

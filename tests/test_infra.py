@@ -21,13 +21,41 @@ from infra.config import DeployConfig, ServiceConfig, from_context
 from infra.model import services
 from infra.policy import grants
 from infra.sizing import LATENCY_TARGET_SECONDS, backlog_target, floor_target, measured
-from shared.registry import discover
-from shared.resources import REDRIVE_MAX_RECEIVE_COUNT
+from shared.declaration import WorkerSpec, uses
+from shared.registry import Registry, discover
+from shared.resources import REDRIVE_MAX_RECEIVE_COUNT, Bus, Queue, Rule, Secret, Stream
 from shared.settings import load_settings
 
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 
-REGISTRY = discover(plugins="")
+# A worker of every other shape the fleet will have (a stream consumer with a queue too, publishing to
+# a bus whose rule feeds its queue, reading a secret), so each of those paths is synthesized and linted
+# before the workers that need them land. Its stage is never imported.
+SAMPLES = Stream("samples", "fleet-samples")
+SAMPLE_QUEUE = Queue("samples", "fleet-sample-events")
+ALERTS = Bus("sample-alerts", "fleet-sample-alerts")
+SAMPLE = WorkerSpec(
+    name="sample",
+    summary="a test's worker: stream + queue, bus, rule, secret",
+    stage="tests.never:Imported",
+    queue=SAMPLE_QUEUE,
+    stream=SAMPLES,
+    uses=(
+        uses(SAMPLES, "kinesis:GetRecords", "kinesis:GetShardIterator", "kinesis:ListShards"),
+        uses(ALERTS, "events:PutEvents"),
+        uses(
+            Rule(
+                "sample-rule",
+                "fleet-sample-rule",
+                pattern={"source": ["fleet.sample"]},
+                target=SAMPLE_QUEUE,
+                bus=ALERTS,
+            )
+        ),
+        uses(Secret("sample-secret", "fleet/sample", placeholder={"token": ""}), "secretsmanager:GetSecretValue"),
+    ),
+)
+REGISTRY = Registry.of([*discover(plugins="").workers.values(), SAMPLE])
 WORKERS = REGISTRY.names()
 # Overrides for one worker, to see context reach its service and only its service.
 CONTEXT = {"fleet:echo:spot": "true", "fleet:echo:maxTasks": "3", "fleet:echo:stopTimeout": "90"}
@@ -302,6 +330,25 @@ def test_landing_uploads_notify_the_ingest_queue_as_bootstrap_wires_them(synthes
                 "Queue": {"Fn::GetAtt": [queue_id, "Arn"]},
                 "Filter": {"S3Key": {"Rules": [{"Name": "prefix", "Value": notify["prefix"]}]}},
             } in configs
+
+
+def test_the_stream_bus_rule_and_secret_are_built_as_declared(synthesized: Synthesized) -> None:
+    (stream,) = synthesized.of_type("AWS::Kinesis::Stream").values()
+    assert stream["Properties"]["Name"] == "fleet-samples" and stream["Properties"]["ShardCount"] == 2
+    (bus_id, bus) = next(iter(synthesized.of_type("AWS::Events::EventBus").items()))
+    assert bus["Properties"]["Name"] == "fleet-sample-alerts"
+    (rule,) = synthesized.of_type("AWS::Events::Rule").values()
+    assert rule["Properties"]["EventPattern"] == {"source": ["fleet.sample"]}
+    assert rule["Properties"]["EventBusName"] == {"Ref": bus_id}
+    (queue_id,) = [
+        k
+        for k, q in synthesized.of_type("AWS::SQS::Queue").items()
+        if q["Properties"]["QueueName"] == "fleet-sample-events"
+    ]
+    assert rule["Properties"]["Targets"] == [{"Arn": {"Fn::GetAtt": [queue_id, "Arn"]}, "Id": "queue"}]
+    (secret,) = synthesized.of_type("AWS::SecretsManager::Secret").values()
+    assert secret["Properties"]["Name"] == "fleet/sample"
+    assert json.loads(secret["Properties"]["SecretString"]) == {"token": ""}  # the shape, no value
 
 
 def test_tables_are_on_demand_with_point_in_time_recovery(synthesized: Synthesized) -> None:
