@@ -92,7 +92,8 @@ async def test_a_sigterm_during_a_protected_job_still_drains_and_releases_it(fle
         loop.remove_signal_handler(signal.SIGTERM)
 
     # Then the job had its drain time, was released for another task at once, and protection dropped
-    assert (stats.succeeded, stats.released) == (1, 1)
+    # (a poll still open at the stop may receive the released copy and release it once more)
+    assert stats.succeeded == 1 and stats.released >= 1
     assert switches(agent) == [True, False]
     (back,) = await drain_queue(fleet, url)
     assert '"n": 1' in back["Body"]

@@ -231,6 +231,10 @@ class Run:
         queue = self.spec.queue
         assert queue is not None
         probe = (_TickingProbe if isinstance(inner, Ticking) else _Probe)(inner, self.recorder, hold_first=hold_first)
+        if isinstance(inner, Ticking):
+            # A burst ends on an empty queue once no tick reports pending work; give a tick the time to
+            # run after the last message, or the burst may end before the stage's time-driven work.
+            tuning = {"burst_idle_seconds": max(0.5, 3 * float(inner.tick_interval)), **tuning}
         denied = asyncio.create_task(self.recorder.denied_event.wait())
         try:
             created = asyncio.create_task(

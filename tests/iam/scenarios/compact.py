@@ -24,7 +24,7 @@ from workers.ingest.resources import COMPACT, INGEST, LAKE
 async def compact(run: Run) -> None:
     # Given a manifest made by ingest (with full rights), and its compact job delivered twice
     await given_uploads(run)
-    await run_burst(quick_ingest(run.admin), run.admin, fast_tuning(burst_idle_seconds=0), queue=INGEST)
+    await run_burst(quick_ingest(run.admin), run.admin, fast_tuning(burst_idle_seconds=0.5), queue=INGEST)
     url, _ = await queue_urls(run.admin, COMPACT)
     (job,) = await drain_queue(run.admin, url, wait=0)
     for _ in range(2):
