@@ -73,7 +73,15 @@ class IamEmulator:
     def start(self) -> IamEmulator:
         port = free_port()
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "shared.moto_server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],  # moto, SQS deletes locked
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(ADMIN_BOOTSTRAP_REQUESTS)},
