@@ -29,8 +29,16 @@ class Recorder:
         self._completed: dict[str, asyncio.Event] = {}
 
     def attach(self, aws: AwsClients) -> None:
-        """Hook every client of an open `AwsClients` (the no-retry DynamoDB client too)."""
-        clients = [getattr(aws, name) for name in ALL_SERVICES] + [aws.dynamodb_once]
+        """Hook every client an open `AwsClients` hands out: each of its client properties (`sqs`, ...,
+        and the no-retry `dynamodb_once`, `sns_once`, whatever is added next)."""
+        clients = []
+        for name, attr in vars(AwsClients).items():
+            if isinstance(attr, property):
+                try:
+                    clients.append(getattr(aws, name))
+                except RuntimeError:  # a client this AwsClients did not open
+                    continue
+        assert len(clients) >= len(ALL_SERVICES), clients
         for client in clients:
             client.meta.events.register("provide-client-params", self._called)
             client.meta.events.register("after-call", self._answered)
