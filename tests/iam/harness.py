@@ -10,9 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,7 +23,7 @@ from infra.policy import ArnFormat, document
 from shared.app import load_stage, open_services
 from shared.bootstrap import Bootstrapper
 from shared.declaration import WorkerSpec
-from shared.emulator import free_port, temporary_env, wait_until_up
+from shared.emulator import EmbeddedAws, temporary_env
 from shared.registry import Registry
 from shared.resources import DeadLetters
 from shared.runtime import RunStats, Worker
@@ -63,31 +60,19 @@ class IamEmulator:
     """A second moto server (a subprocess, once per session) that checks every request against IAM."""
 
     def __init__(self) -> None:
-        self.url = ""
+        self.server = EmbeddedAws(mode="process")  # a subprocess: its CPU is not the tests' GIL
         self.account = ""
-        self._proc: subprocess.Popen[bytes] | None = None
         self.admin = Keys("", "")
         self._opening: dict[int, asyncio.Lock] = {}  # one per event loop (each test has its own)
         self._iam: Any = None
 
+    @property
+    def url(self) -> str:
+        return self.server.url
+
     def start(self) -> IamEmulator:
-        port = free_port()
-        self._proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "shared.moto_server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                str(port),
-            ],  # moto, SQS deletes locked
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(ADMIN_BOOTSTRAP_REQUESTS)},
-        )
-        self.url = f"http://127.0.0.1:{port}"
-        wait_until_up(self.url)
+        with temporary_env({"INITIAL_NO_AUTH_ACTION_COUNT": str(ADMIN_BOOTSTRAP_REQUESTS)}):
+            self.server.start()  # the subprocess takes its environment now
         iam = self._client("iam", Keys("bootstrap", "bootstrap"))
         iam.create_user(UserName="fleet-admin")
         iam.put_user_policy(
@@ -103,14 +88,7 @@ class IamEmulator:
         return self
 
     def stop(self) -> None:
-        if self._proc is not None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-            self._proc = None
+        self.server.stop()
 
     def _client(self, service: str, keys: Keys) -> Any:
         return boto3.client(
