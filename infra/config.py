@@ -78,14 +78,11 @@ def check(worker: str, config: ServiceConfig) -> None:
         raise ValueError(f"deployment settings for {worker}: " + "; ".join(problems))
 
 
-def _parse(value: Any, like: Any) -> Any:
-    if isinstance(like, bool) or like is bool:
-        return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
-    if isinstance(like, int) or like is int:
-        return int(value)
-    if isinstance(like, float) or like is float:
-        return float(value)
-    return value
+def _parse(value: Any, kind: type) -> Any:
+    """A context value as its field's type (`-c` gives strings; cdk.json gives JSON values)."""
+    if kind is bool and not isinstance(value, bool):
+        return str(value).lower() in ("1", "true", "yes", "on")
+    return kind(value)
 
 
 _KEYS = {
