@@ -418,6 +418,14 @@ class FleetStack(Stack):
             scalable_dimension="ecs:service:DesiredCount",
             min_capacity=config.min_tasks,
             max_capacity=config.max_tasks,
+            # Application Auto Scaling's own service-linked role for ECS (as `auto_scale_task_count` uses):
+            # no extra role per service.
+            role=iam.Role.from_role_arn(
+                self,
+                f"ScalingRole{ident}",
+                f"arn:{Aws.PARTITION}:iam::{Aws.ACCOUNT_ID}:role/aws-service-role/"
+                "ecs.application-autoscaling.amazonaws.com/AWSServiceRoleForApplicationAutoScaling_ECSService",
+            ),
         )
         policy = appscaling.CfnScalingPolicy.TargetTrackingScalingPolicyConfigurationProperty
         if service.queue:
