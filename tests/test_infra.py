@@ -370,6 +370,26 @@ def test_logs_are_kept_for_the_configured_retention(synthesized: Synthesized) ->
     assert {g["Properties"]["RetentionInDays"] for g in groups.values()} == {30}
 
 
+def test_the_image_asset_holds_the_dockerfile_and_all_it_copies(synthesized: Synthesized) -> None:
+    # Given the image asset CDK staged (the build context `cdk deploy` hands to docker build)
+    assets = json.loads(synthesized.path.with_name(f"{synthesized.path.stem.split('.')[0]}.assets.json").read_text())
+    (image,) = assets["dockerImages"].values()
+    context = synthesized.path.parent / image["source"]["directory"]
+    # Then the Dockerfile is in it, and so is every file it copies
+    dockerfile = context / image["source"]["dockerFile"]
+    assert image["source"]["dockerFile"] == "docker/Dockerfile" and dockerfile.is_file()
+    copied = [
+        word
+        for line in dockerfile.read_text().splitlines()
+        if line.startswith("COPY ") and "--from=" not in line
+        for word in line.split()[1:-1]
+        if not word.startswith("--")
+    ]
+    assert copied and all((context / c).exists() for c in copied), [c for c in copied if not (context / c).exists()]
+    # And nothing else of the repository (no .venv, no tests)
+    assert not (context / ".venv").exists() and not (context / "tests").exists()
+
+
 def test_cfn_lint_passes_on_the_template(synthesized: Synthesized) -> None:
     done = subprocess.run(
         [str(Path(sys.executable).with_name("cfn-lint")), str(synthesized.path)],
