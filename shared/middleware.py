@@ -4,6 +4,7 @@ stages never repeat them."""
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from shared.fate import Fate, Outcome
@@ -50,6 +51,13 @@ UNSETTLED = {
 
 
 class LogMiddleware(Middleware):
+    """One line per failure, release or loss; successes at DEBUG unless `successes` (FLEET_LOG_SUCCESSES):
+    at a thousand messages a second a line per success costs CPU and CloudWatch Logs ingestion, and the
+    worker logs a summary of its successes every minute instead."""
+
+    def __init__(self, successes: bool = False) -> None:
+        self.success_level = logging.INFO if successes else logging.DEBUG
+
     async def before(self, ctx: Context) -> None:
         log.debug("message started")
 
@@ -66,6 +74,9 @@ class LogMiddleware(Middleware):
             log.error("message lost: stopped its handler", extra=fields)
         elif not result.settled:
             log.error(UNSETTLED[fate.outcome], extra={**fields, "consequence": "SQS will deliver it again"})
+        elif fate.outcome is Outcome.SUCCEEDED:
+            if log.isEnabledFor(self.success_level):
+                log.log(self.success_level, "message succeeded", extra=fields)
         else:
             log.log(LEVELS[fate.outcome], f"message {fate.outcome.label}", extra=fields)
 
@@ -73,21 +84,22 @@ class LogMiddleware(Middleware):
 class MetricsMiddleware(Middleware):
     async def after(self, ctx: Context, result: Result) -> None:
         dims = {"Worker": ctx.worker}
+        now = time.time()
         outcome = result.outcome
-        metrics = [Metric("HandlerDuration", result.duration * 1000, "Milliseconds", dims)]
+        metrics = [Metric("HandlerDuration", result.duration * 1000, "Milliseconds", dims, now)]
         if outcome is Outcome.SUCCEEDED:
-            metrics.append(Metric("MessagesProcessed", 1, "Count", dims))
+            metrics.append(Metric("MessagesProcessed", 1, "Count", dims, now))
         elif outcome in (Outcome.RETRYING, Outcome.DEAD_LETTERED):
-            metrics.append(Metric("MessagesFailed", 1, "Count", dims))
+            metrics.append(Metric("MessagesFailed", 1, "Count", dims, now))
         if outcome is Outcome.DEAD_LETTERED:
-            metrics.append(Metric("MessagesDeadLettered", 1, "Count", dims))
+            metrics.append(Metric("MessagesDeadLettered", 1, "Count", dims, now))
         if outcome is Outcome.LOST:
-            metrics.append(Metric("MessagesLost", 1, "Count", dims))
+            metrics.append(Metric("MessagesLost", 1, "Count", dims, now))
         if not result.settled:
-            metrics.append(Metric("SettleFailed", 1, "Count", dims))
-        lag = ctx.message.lag_seconds
-        if lag is not None and ctx.attempt == 1:
-            metrics.append(Metric("QueueLag", lag, "Seconds", dims))
+            metrics.append(Metric("SettleFailed", 1, "Count", dims, now))
+        sent = ctx.message.sent_at
+        if sent is not None and ctx.attempt == 1:
+            metrics.append(Metric("QueueLag", max(0.0, now - sent), "Seconds", dims, now))
         await ctx.services.metrics.emit(*metrics)
 
 
@@ -129,7 +141,7 @@ class JobsMiddleware(Middleware):
             log.warning("job status not recorded", extra={"error": str(exc)})
 
 
-def default_middleware() -> list[Middleware]:
+def default_middleware(log_successes: bool = False) -> list[Middleware]:
     from shared.protection import ProtectionMiddleware  # it builds on this module
 
-    return [LogMiddleware(), MetricsMiddleware(), JobsMiddleware(), ProtectionMiddleware()]
+    return [LogMiddleware(log_successes), MetricsMiddleware(), JobsMiddleware(), ProtectionMiddleware()]

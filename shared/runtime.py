@@ -26,7 +26,6 @@ import contextlib
 import logging
 import os
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -52,6 +51,7 @@ log = logging.getLogger("fleet.runtime")
 
 REMEMBERED = 10_000  # settled message ids kept, to recognise a redelivery whose delete failed
 SETTLE_TIMEOUT = 10.0  # seconds pending deletes get at shutdown
+SUMMARY_SECONDS = 60  # a worker logs what it did every minute (successes are not logged one by one)
 
 
 @dataclass
@@ -108,7 +108,9 @@ class Worker:
         self.queue_url = queue_url
         self.dlq_url = dlq_url
         self.burst = burst
-        self.middleware = list(default_middleware() if middleware is None else middleware)
+        self.middleware = list(
+            default_middleware(services.settings.log_successes) if middleware is None else middleware
+        )
         self.stats = RunStats()
         self._sqs = services.aws.sqs
         self._settler = Settler(
@@ -122,13 +124,14 @@ class Worker:
             on_lost=self._lost,
         )
         self._runs: dict[str, _Run] = {}  # by receipt handle
-        self._settled: OrderedDict[str, Outcome] = OrderedDict()  # message id -> outcome, most recent last
+        self._settled: dict[str, Outcome] = {}  # message id -> outcome, most recent last
         self._tasks: set[asyncio.Task[None]] = set()
-        self._settling: set[asyncio.Future[None]] = set()
+        self._settling: set[asyncio.Task[None]] = set()  # tasks applying a fate: never cancelled
         self._open_poll: asyncio.Task[list[MessageTypeDef]] | None = None
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._stop_now = asyncio.Event()
+        self._stopped: asyncio.Future[None] | None = None
         self._stop_deadline = 0.0
         self._last_poll = time.time()
         self._poll_failures = 0
@@ -157,6 +160,8 @@ class Worker:
                 extra={"worker": self.name, "in_flight": len(self._tasks)},
             )
         self._stopping.set()
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
 
     async def run(self) -> RunStats:
         threads.install(asyncio.get_running_loop())
@@ -206,7 +211,7 @@ class Worker:
                 self._last_poll = time.time()  # saturated, not stuck
                 continue
             poll = asyncio.create_task(self._receive(min(self.tuning.batch_size, free)))
-            if not await self._unless_stopped(asyncio.shield(poll)):
+            if not await self._unless_stopped(poll, cancel=False):
                 # Never abandon an open poll: SQS would hand its messages to a connection nobody reads and
                 # hide them for the whole visibility timeout (aws-sdk-go-v2#2068). Release them instead.
                 self._open_poll = poll
@@ -254,21 +259,27 @@ class Worker:
         self._last_poll = time.time()
         return list(resp.get("Messages", []))
 
-    async def _unless_stopped(self, aw: Awaitable[Any], within: float | None = None) -> bool:
-        """Await `aw` until it finishes (True), a stop is requested or `within` seconds pass (False, `aw` cancelled)."""
+    async def _unless_stopped(self, aw: Awaitable[Any], within: float | None = None, *, cancel: bool = True) -> bool:
+        """Await `aw` until it finishes (True), or a stop is requested or `within` seconds pass (False; `aw` is
+        then cancelled, unless `cancel=False`)."""
         task = asyncio.ensure_future(aw)
-        stop = asyncio.create_task(self._stopping.wait())
-        try:
-            done, _ = await asyncio.wait({task, stop}, timeout=within, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
+        done, _ = await asyncio.wait({task, self._stop_signal()}, timeout=within, return_when=asyncio.FIRST_COMPLETED)
         if task in done:
             task.result()
             return True
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+        if cancel:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         return False
+
+    def _stop_signal(self) -> asyncio.Future[None]:
+        """One future for the worker's whole life, resolved by `stop()`: waiting on it costs no task."""
+        if self._stopped is None:
+            self._stopped = asyncio.get_running_loop().create_future()
+            if self._stopping.is_set():
+                self._stopped.set_result(None)
+        return self._stopped
 
     async def _queue_is_empty(self) -> bool:
         try:
@@ -402,11 +413,15 @@ class Worker:
                 self.stats.settle_failed += 1
 
     async def _settle(self, ctx: Context, fate: Fate, started: float) -> None:
-        """Apply the message's fate, shielded so a cancellation cannot lose it halfway."""
-        task = asyncio.ensure_future(self._apply(ctx, fate, started))
+        """Apply the message's fate. A task that is settling is never cancelled by a drain (`_drain`), so a
+        settle cannot be lost halfway; it runs inline, without a task of its own."""
+        task = asyncio.current_task()
+        assert task is not None
         self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
-        await asyncio.shield(task)
+        try:
+            await self._apply(ctx, fate, started)
+        finally:
+            self._settling.discard(task)
 
     async def _apply(self, ctx: Context, fate: Fate, started: float) -> None:
         message = ctx.message
@@ -442,10 +457,9 @@ class Worker:
                 log.warning("middleware failed", extra={"middleware": type(mw).__name__, "error": str(exc)})
 
     def _remember(self, message_id: str, outcome: Outcome) -> None:
-        self._settled[message_id] = outcome
-        self._settled.move_to_end(message_id)
-        while len(self._settled) > REMEMBERED:
-            self._settled.popitem(last=False)
+        self._settled[message_id] = outcome  # (a dict keeps insertion order: the oldest comes first)
+        if len(self._settled) > REMEMBERED:
+            del self._settled[next(iter(self._settled))]
 
     def _count(self, outcome: Outcome, settled: bool) -> None:
         stats = self.stats
@@ -497,13 +511,13 @@ class Worker:
                 all_done.cancel()
                 now.cancel()
             pending = {t for t in self._tasks if not t.done()}
-            for task in pending:
+            for task in pending - self._settling:
                 task.cancel()
-            if pending:
-                log.warning("drain timeout: releasing unfinished messages", extra={"released": len(pending)})
+            if pending - self._settling:
+                log.warning(
+                    "drain timeout: releasing unfinished messages", extra={"released": len(pending - self._settling)}
+                )
             await asyncio.gather(*pending, return_exceptions=True)
-        if self._settling:
-            await asyncio.gather(*self._settling, return_exceptions=True)
 
     # --- time-driven work -------------------------------------------------------------------------
 
@@ -521,9 +535,17 @@ class Worker:
     # --- health ----------------------------------------------------------------------------------
 
     async def _health_loop(self) -> None:
+        reported = RunStats()
+        last_summary = time.monotonic()
         while True:
             self._write_health()
             await asyncio.sleep(5)
+            if time.monotonic() - last_summary >= SUMMARY_SECONDS:
+                since = {k: v - getattr(reported, k) for k, v in vars(self.stats).items()}
+                if since["received"]:
+                    with log_context(worker=self.name):
+                        log.info("worker summary", extra={"seconds": SUMMARY_SECONDS, **since})
+                reported, last_summary = RunStats(**vars(self.stats)), time.monotonic()
 
     def _write_health(self) -> None:
         try:

@@ -108,6 +108,9 @@ class FleetSettings(BaseSettings):
     environment: str = Field("local", max_length=64)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
+    log_successes: bool = Field(
+        False, description="a log line per successful message (else a summary per worker every minute)"
+    )
     metrics_mode: Literal["emf", "cloudwatch", "off"] = "emf"
     metrics_namespace: str = "Fleet"
     health_dir: str = "/tmp/fleet-health"

@@ -76,6 +76,7 @@ async def test_sigterm_finishes_or_releases_every_message(fleet: Services, tmp_p
         FLEET_DEFAULTS__WAIT_TIME_SECONDS="1",
         FLEET_DEFAULTS__DRAIN_TIMEOUT="3",
         FLEET_DEFAULTS__CONCURRENCY="10",
+        FLEET_LOG_SUCCESSES="true",
     )
     proc = subprocess.Popen(fleet_cmd("worker", "echo"), env=env, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
