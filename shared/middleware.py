@@ -165,4 +165,6 @@ class JobsMiddleware(Middleware):
 
 
 def default_middleware(log_successes: bool = False) -> list[Middleware]:
-    return [LogMiddleware(log_successes), MetricsMiddleware(), JobsMiddleware()]
+    from shared.protection import ProtectionMiddleware  # it builds on this module
+
+    return [LogMiddleware(log_successes), MetricsMiddleware(), JobsMiddleware(), ProtectionMiddleware()]

@@ -94,8 +94,8 @@ def test_the_runtime_grants_itself_what_it_calls_on_a_consumed_queue() -> None:
     perms = {(u.resource.kind, u.resource.key): set(u.actions) for u in spec.permissions()}
     # Then the runtime's receive/delete/visibility calls, the DLQ send and job tracking are added to its own
     assert {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"} <= perms[("queue", "w")]
-    assert perms[("dlq", "w")] == {"sqs:GetQueueUrl", "sqs:SendMessage"}
-    assert perms[("table", "jobs")] == {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem"}
+    assert perms[("dlq", "w")] == {"sqs:GetQueueUrl", "sqs:GetQueueAttributes", "sqs:SendMessage"}
+    assert perms[("table", "jobs")] == {"dynamodb:UpdateItem", "dynamodb:PutItem"}
 
 
 async def test_a_worker_declared_in_tests_bootstraps_runs_and_appears_in_help(settings: FleetSettings) -> None:
