@@ -3,6 +3,7 @@ enforces IAM (`INITIAL_NO_AUTH_ACTION_COUNT`), and record every call it makes.
 
 A scenario (tests/iam/scenarios/<worker>.py) feeds the worker with `run.admin` (full rights), runs it
 with `await run.burst()` under the worker's own identity, and checks the outcome with `run.admin`.
+Presigned URLs the worker makes are honoured with its identity (tests/iam/presign.py).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from shared.settings import FleetSettings, WorkerTuning, load_settings
 from shared.stage import Context, Services, Stage, Ticking
 from tests.helpers import drain_queue, fast_tuning
 from tests.iam.actions import Permission, for_moto
+from tests.iam.presign import PresignShim
 from tests.iam.recorder import Recorder
 
 REGION = "us-east-1"
@@ -61,6 +63,7 @@ class IamEmulator:
 
     def __init__(self) -> None:
         self.server = EmbeddedAws(mode="process")  # a subprocess: its CPU is not the tests' GIL
+        self.presign: PresignShim | None = None
         self.account = ""
         self.admin = Keys("", "")
         self._opening: dict[int, asyncio.Lock] = {}  # one per event loop (each test has its own)
@@ -85,9 +88,12 @@ class IamEmulator:
         key = iam.create_access_key(UserName="fleet-admin")["AccessKey"]
         self.admin = Keys(key["AccessKeyId"], key["SecretAccessKey"])
         self.account = self._client("sts", self.admin).get_caller_identity()["Account"]
+        self.presign = PresignShim(self.url, REGION).start()
         return self
 
     def stop(self) -> None:
+        if self.presign is not None:
+            self.presign.stop()
         self.server.stop()
 
     def _client(self, service: str, keys: Keys) -> Any:
@@ -291,6 +297,13 @@ async def exercise(
         await Bootstrapper(admin.aws, registry).run()
         async with iam.services(settings, keys) as worker:
             recorder.attach(worker.aws)
+            assert iam.presign is not None
+            iam.presign.route(
+                worker.aws.s3,
+                keys.access_key,
+                keys.secret_key,
+                lambda bucket: recorder.refused([Permission("s3:GetObject", bucket)]),
+            )
             run = Run(spec, settings, admin, worker, recorder, ident, scratch)
             error: BaseException | None = None
             try:

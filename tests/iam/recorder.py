@@ -59,8 +59,13 @@ class Recorder:
             self.completed(permission.action).set()
         code = str(parsed.get("Error", {}).get("Code", "")) if isinstance(parsed, Mapping) else ""
         if code in DENIED_CODES or getattr(http_response, "status_code", 200) == 403:
-            self.denied.extend(context.get(CONTEXT_KEY, []))
-            self.denied_event.set()
+            self.refused(context.get(CONTEXT_KEY, []))
+
+    def refused(self, permissions: list[Permission]) -> None:
+        """A call needing these permissions was refused (reported by a hook, or by the presign shim for a
+        presigned URL, whose request botocore never sees)."""
+        self.denied.extend(permissions)
+        self.denied_event.set()
 
     def permissions(self) -> set[Permission]:
         return set(self.used)
