@@ -505,8 +505,19 @@ class Worker:
         poll, self._open_poll = self._open_poll, None
         if poll is None:
             return
+        # Waited for (at most a long poll), unless told to stop now (a second Ctrl-C): then its messages, if
+        # any, come back after their visibility timeout.
+        now = asyncio.create_task(self._stop_now.wait())
+        done, _ = await asyncio.wait(
+            {poll, now}, timeout=self.tuning.wait_time_seconds + 10, return_when="FIRST_COMPLETED"
+        )
+        now.cancel()
+        if poll not in done:
+            poll.cancel()
+            log.warning("stopped without waiting for the open poll")
+            return
         try:
-            messages = await asyncio.wait_for(poll, self.tuning.wait_time_seconds + 10)
+            messages = poll.result()
         except Exception as exc:
             log.warning("the poll open at stop did not finish", extra={"error": str(exc)})
             return
