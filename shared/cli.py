@@ -241,9 +241,9 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             dlq_url = (await sqs.get_queue_url(QueueName=settings.name_of(DeadLetters.of(queue))))["QueueUrl"]
             if args.redrive:
                 limit = None if args.limit_given is None else args.limit
-                moved = await redrive(
-                    sqs, dlq_url, source_url, limit=limit, progress=lambda n: console.print(f"  moved {n}", end="\r")
-                )
+                # Progress on a terminal only: piped, the last line says it all.
+                show = (lambda n: console.print(f"  moved {n}…", end="\r")) if console.is_terminal else None
+                moved = await redrive(sqs, dlq_url, source_url, limit=limit, progress=show)
                 console.print(f"moved {moved} message{'s' if moved != 1 else ''} from {source}-dlq back to {source}")
                 return 0
             letters = await peek(sqs, dlq_url, args.limit)

@@ -140,6 +140,8 @@ class Worker:
         self._last_error = ""
         self._status = "starting"
         self._tick_pending = False
+        self._ticked_at = 0.0  # monotonic: when the last tick finished
+        self._settled_at = 0.0  # monotonic: when the last message was settled
 
     @classmethod
     async def create(cls, stage: Stage[Any], services: Services, *, queue: Queue, **kwargs: Any) -> Worker:
@@ -231,6 +233,7 @@ class Worker:
                 if (
                     not self._tasks
                     and not self._tick_pending
+                    and self._ticked_since_last_settle()
                     and time.monotonic() - idle_since >= self.tuning.burst_idle_seconds
                     and await self._queue_is_empty()
                 ):
@@ -299,6 +302,11 @@ class Worker:
             log.warning("could not check whether the queue is empty; polling on", extra={"error": str(exc)})
             return False
         return all(int(v) == 0 for v in attrs.values())
+
+    def _ticked_since_last_settle(self) -> bool:
+        """A burst ends only once a tick has run after the last message: the tick's verdict (`tick_pending`) is
+        about work that message may have created (ingest's manifest for its file)."""
+        return not isinstance(self.stage, Ticking) or self._ticked_at > self._settled_at
 
     def _start(self, raw: MessageTypeDef) -> None:
         self.stats.received += 1
@@ -454,6 +462,7 @@ class Worker:
             log.error("the DLQ refused the message; it stays on its queue", extra={"error": str(exc)})
             settled = False
             fate = Fate(Outcome.RETRYING, fate.error, delay=self.tuning.visibility_timeout, note=str(exc)[:200])
+        self._settled_at = time.monotonic()
         if fate.outcome in (Outcome.SUCCEEDED, Outcome.DEAD_LETTERED):
             self._remember(message.id, fate.outcome)
         self._count(fate.outcome, settled)
@@ -496,8 +505,19 @@ class Worker:
         poll, self._open_poll = self._open_poll, None
         if poll is None:
             return
+        # Waited for (at most a long poll), unless told to stop now (a second Ctrl-C): then its messages, if
+        # any, come back after their visibility timeout.
+        now = asyncio.create_task(self._stop_now.wait())
+        done, _ = await asyncio.wait(
+            {poll, now}, timeout=self.tuning.wait_time_seconds + 10, return_when="FIRST_COMPLETED"
+        )
+        now.cancel()
+        if poll not in done:
+            poll.cancel()
+            log.warning("stopped without waiting for the open poll")
+            return
         try:
-            messages = await asyncio.wait_for(poll, self.tuning.wait_time_seconds + 10)
+            messages = poll.result()
         except Exception as exc:
             log.warning("the poll open at stop did not finish", extra={"error": str(exc)})
             return
@@ -533,11 +553,13 @@ class Worker:
         assert isinstance(self.stage, Ticking)
         while True:
             with log_context(worker=self.name):
+                started = time.monotonic()
                 try:
                     self._tick_pending = await self.stage.tick()
                 except Exception as exc:
                     self._tick_pending = True
                     log.warning("tick failed", extra={"error": str(exc)}, exc_info=exc)
+                self._ticked_at = started  # a tick that began after a settle has seen that message's work
             await asyncio.sleep(self.stage.tick_interval)
 
     # --- health ----------------------------------------------------------------------------------

@@ -358,3 +358,10 @@ async def test_fleet_submit_ingest_then_workers_then_status_from_the_command_lin
         assert word in status.stdout
     [table] = await parquet(fleet)
     assert table.num_rows == 3
+    # And the upload is linked to the manifest its files went to; once the finalizer closed the manifest's
+    # job, the upload is finished too (PARTIAL_SUCCESS: a line was quarantined)
+    assert manifest.manifest_id in upload.stdout and "RUNNING" in upload.stdout.splitlines()[0]
+    finalized = await cli("worker", "finalizer", "--burst", **fast)
+    assert finalized.returncode == 0, finalized.stderr[-2000:]
+    done = await cli("status", job_id)
+    assert "status=PARTIAL_SUCCESS" in done.stdout.splitlines()[0], done.stdout

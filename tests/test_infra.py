@@ -337,7 +337,10 @@ def test_the_stream_bus_rule_and_secret_are_built_as_declared(synthesized: Synth
     assert stream["Properties"]["Name"] == "fleet-samples" and stream["Properties"]["ShardCount"] == 2
     (bus_id, bus) = next(iter(synthesized.of_type("AWS::Events::EventBus").items()))
     assert bus["Properties"]["Name"] == "fleet-sample-alerts"
-    (rule,) = synthesized.of_type("AWS::Events::Rule").values()
+    # (the fleet's own workers add rules and secrets of their own: pick the sample's)
+    (rule,) = [
+        r for r in synthesized.of_type("AWS::Events::Rule").values() if r["Properties"]["Name"] == "fleet-sample-rule"
+    ]
     assert rule["Properties"]["EventPattern"] == {"source": ["fleet.sample"]}
     assert rule["Properties"]["EventBusName"] == {"Ref": bus_id}
     (queue_id,) = [
@@ -346,7 +349,11 @@ def test_the_stream_bus_rule_and_secret_are_built_as_declared(synthesized: Synth
         if q["Properties"]["QueueName"] == "fleet-sample-events"
     ]
     assert rule["Properties"]["Targets"] == [{"Arn": {"Fn::GetAtt": [queue_id, "Arn"]}, "Id": "queue"}]
-    (secret,) = synthesized.of_type("AWS::SecretsManager::Secret").values()
+    (secret,) = [
+        x
+        for x in synthesized.of_type("AWS::SecretsManager::Secret").values()
+        if x["Properties"]["Name"] == "fleet/sample"
+    ]
     assert secret["Properties"]["Name"] == "fleet/sample"
     assert json.loads(secret["Properties"]["SecretString"]) == {"token": ""}  # the shape, no value
 
