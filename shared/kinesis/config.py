@@ -18,7 +18,7 @@ class StreamTuning(BaseSettings):
         None, gt=0, description="how often leases are renewed and balanced (default: a third of lease_seconds)"
     )
     sync_seconds: float = Field(10.0, gt=0, le=3600, description="how often the shard list is read (reshards)")
-    max_records: int = Field(1000, ge=1, le=10_000, description="records per GetRecords call")
+    max_records: int = Field(10_000, ge=1, le=10_000, description="records per GetRecords call (as KCL)")
     idle_seconds: float = Field(
         0.5, ge=0.2, le=10, description="wait between reads of a caught-up shard (AWS allows 5 reads/s per shard)"
     )

@@ -83,8 +83,10 @@ class StreamConsumer:
         self.burst = burst
         self.owner = owner or new_owner_id()
         self.stats = StreamStats()
+        # Lease calls get their own client (own connection pool): a renewal must never queue behind the
+        # stage's bulk writes, or a busy worker would lose its leases. Its calls are retried by the loop.
         self.leases = LeaseStore(
-            services.aws.dynamodb, services.settings.name_of(LEASES), app=self.app, stream=stream_name
+            services.aws.dynamodb_once, services.settings.name_of(LEASES), app=self.app, stream=stream_name
         )
         self.failed = FailedRecords(services.aws.sqs, dlq_url, worker=self.app)
         self._kinesis = services.aws.kinesis
@@ -95,6 +97,7 @@ class StreamConsumer:
         self._listed: dict[str, Shard] = {}
         self._known: dict[str, Lease] = {}  # every lease, as last read
         self._synced = False
+        self._balanced_once = False
         self._stopping = asyncio.Event()
         self._stop_now = asyncio.Event()
         self._stop_deadline = 0.0
@@ -209,7 +212,13 @@ class StreamConsumer:
         if self._stopping.is_set():
             return
         decided = plan(self.owner, self._known, expired, set(self._listed))
-        for shard_id in decided.take:
+        take = decided.take
+        if not self._balanced_once:
+            # Workers started together all see every lease free: one lease each on the first round, then
+            # their shares, instead of one grabbing everything and the others stealing it back.
+            take = take[:1]
+            self._balanced_once = True
+        for shard_id in take:
             await self._take(self._known[shard_id], stolen=False)
         if decided.steal is not None:
             await self._take(self._known[decided.steal], stolen=True)
@@ -298,8 +307,12 @@ class StreamConsumer:
             return False
         if not readers and now - self._idle_since < idle:
             return False
-        await self.stage.drain()
-        return all([await r.finish(self.tuning.drain_timeout) for r in readers])
+        try:
+            await self.stage.drain()
+            return all([await r.finish(self.tuning.drain_timeout) for r in readers])
+        except Exception as exc:  # e.g. a lease lost meanwhile: the next rounds sort it out
+            log.info("not done yet", extra={"why": str(exc)[:200]})
+            return False
 
     # --- shutdown --------------------------------------------------------------------------------------
 
