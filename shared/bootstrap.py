@@ -269,7 +269,10 @@ class Bootstrapper:
         async for page in paginator.paginate():
             if any(t["TopicArn"].rsplit(":", 1)[-1] == name for t in page.get("Topics", [])):
                 return "unchanged"
-        await sns.create_topic(Name=name)
+        # A `.fifo` name (FLEET_TOPICS__NOTIFICATIONS=fleet-notifications.fifo) makes a FIFO topic, which drops a
+        # repeated notification by its deduplication id.
+        attributes = {"FifoTopic": "true", "ContentBasedDeduplication": "false"} if name.endswith(".fifo") else {}
+        await sns.create_topic(Name=name, Attributes=attributes)
         return "created"
 
     async def _bus(self, spec: Bus) -> str:

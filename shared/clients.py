@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from types_aiobotocore_sqs import SQSClient
 
 ALL_SERVICES = ("sqs", "s3", "dynamodb", "sns", "cloudwatch", "events", "kinesis", "secretsmanager")
+ONCE_SERVICES = ("dynamodb", "sns")
 
 
 def client_config(pool_size: int, read_timeout: float = 60.0, total_attempts: int = 5, **extra: Any) -> AioConfig:
@@ -68,10 +69,12 @@ class AwsClients:
         creds = emulator_credentials(self.settings)
         try:
             wanted = [(s, s, self._config_for(s)) for s in self._services]
-            if "dynamodb" in self._services:
-                # For writes that run their own retry policy (each attempt = one request, visible).
-                once = client_config(self._pool_size, self._read_timeout, total_attempts=1)
-                wanted.append(("dynamodb-once", "dynamodb", once))
+            for service in ONCE_SERVICES:
+                if service in self._services:
+                    # For calls that run their own retry policy: each attempt is one request, and a call
+                    # whose reply was lost is not sent again behind the caller's back.
+                    once = client_config(self._pool_size, self._read_timeout, total_attempts=1)
+                    wanted.append((f"{service}-once", service, once))
             for key, service, config in wanted:
                 self._clients[key] = await self._stack.enter_async_context(
                     session.create_client(  # type: ignore[call-overload]
@@ -125,6 +128,11 @@ class AwsClients:
     @property
     def sns(self) -> SNSClient:
         return self._get("sns")  # type: ignore[no-any-return]
+
+    @property
+    def sns_once(self) -> SNSClient:
+        """SNS without botocore's retries: a Publish whose reply was lost is not published again."""
+        return self._get("sns-once")  # type: ignore[no-any-return]
 
     @property
     def cloudwatch(self) -> CloudWatchClient:

@@ -11,7 +11,8 @@ after `max_attempts`, with its reason, instead of looping forever.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from botocore.exceptions import ClientError, ConnectionError, ReadTimeoutError
 
@@ -78,15 +79,41 @@ def is_conditional_failure(exc: BaseException) -> bool:
     return error_code(exc) == "ConditionalCheckFailedException"
 
 
-async def written(call: Awaitable[object]) -> bool:
-    """Await a conditional DynamoDB write: True if it was written, False if its condition failed."""
+Mine = Callable[[Mapping[str, Any]], bool]
+
+
+async def written(operation: Callable[..., Awaitable[Any]], /, *, mine: Mine | None = None, **request: Any) -> bool:
+    """Make a conditional DynamoDB write: True if it was written, False if its condition failed.
+
+        ok = await written(ddb.update_item, mine=owned("owner", token, state="SEALED"), TableName=..., ...)
+
+    A write whose reply was lost (it took effect, the answer never came) is retried by botocore, and the retry
+    fails the condition that its own first attempt changed. With `mine`, a failed condition is checked against
+    the item as it is (`ReturnValuesOnConditionCheckFailure=ALL_OLD`): if `mine` recognises it as this writer's
+    own earlier success, the write is reported written.
+    """
+    if mine is not None:
+        request.setdefault("ReturnValuesOnConditionCheckFailure", "ALL_OLD")
     try:
-        await call
+        await operation(**request)
     except ClientError as exc:
-        if is_conditional_failure(exc):
-            return False
-        raise
+        if not is_conditional_failure(exc):
+            raise
+        current = exc.response.get("Item")
+        return bool(mine is not None and isinstance(current, Mapping) and mine(current))
     return True
+
+
+def owned(attribute: str, token: str, **expected: str) -> Mine:
+    """`mine` for items that carry the writer's token in `attribute` (and, after the write, `expected` values)."""
+
+    def check(item: Mapping[str, Any]) -> bool:
+        def value(name: str) -> Any:
+            return (item.get(name) or {}).get("S")
+
+        return value(attribute) == token and all(value(k) == v for k, v in expected.items())
+
+    return check
 
 
 def classify(exc: BaseException) -> FleetError:

@@ -29,6 +29,7 @@ from tests.finalizer_helpers import (
     with_cloudwatch,
 )
 from workers.finalizer.final_event import final_event, send_final_event
+from workers.finalizer.notification import dedup_id
 from workers.finalizer.resources import FINALIZE, MEDIA
 from workers.finalizer.stage import FinalizerStage
 
@@ -108,6 +109,7 @@ async def test_success_event_completes_the_job_notifies_and_records_the_five_met
         "execution_id": {"Type": "String", "Value": job_id},
         "status": {"Type": "String", "Value": "COMPLETED"},
         "cost_usd": {"Type": "Number", "Value": "3.19"},
+        "fleet.dedup-id": {"Type": "String", "Value": dedup_id(job_id, "COMPLETED")},
     }
     # And the five metrics, each with its Environment and Status dimensions
     assert await metric_sums(services, "COMPLETED") == {

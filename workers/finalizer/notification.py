@@ -7,18 +7,20 @@ only from checked `s3://` URIs: S3 console pages (need a console login, never ex
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import logging
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, ParamValidationError
 
 from shared.errors import error_code
 from workers.finalizer.models import FinalEvent, FinalStatus, StageResult, split_s3_uri
@@ -44,6 +46,9 @@ _HEADLINE: dict[FinalStatus, tuple[str, str]] = {
 }
 _WHITESPACE = re.compile(r"\s+")
 GENERIC_ACTIONS = ["Review CloudWatch logs", "Contact support"]
+
+
+DEDUP_ATTRIBUTE = "fleet.dedup-id"
 
 
 @dataclass(frozen=True)
@@ -235,6 +240,7 @@ def build_notification(
         "execution_id": {"DataType": "String", "StringValue": summary.execution_id},
         "status": {"DataType": "String", "StringValue": status},
         "cost_usd": {"DataType": "Number", "StringValue": str(number(summary.cost_usd))},
+        DEDUP_ATTRIBUTE: {"DataType": "String", "StringValue": dedup_id(summary.execution_id, status)},
     }
     return Notification(make_subject(status, filename, summary.execution_id), message, attributes)
 
@@ -299,11 +305,38 @@ async def object_size(s3: S3Client, bucket: str | None, key: str | None) -> int 
 # --- publishing ------------------------------------------------------------------------------------------
 
 
+def dedup_id(execution_id: str, status: str) -> str:
+    """The same for every attempt to announce one job's final status: subscribers drop repeats by it, and a
+    FIFO topic does so itself (`MessageDeduplicationId`)."""
+    return hashlib.sha256(f"{execution_id}#{status}".encode()).hexdigest()[:40]
+
+
+# Errors after which SNS certainly did not publish: trying again cannot duplicate the notification.
+NOT_PUBLISHED = frozenset({"Throttling", "ThrottlingException", "ThrottledException", "RequestLimitExceeded"})
+PUBLISH_ATTEMPTS = 3
+
+
 class Notifier:
-    def __init__(self, sns: SNSClient, topic_name: str, *, topic_arn: str | None = None) -> None:
+    """Publishes each notification once, as far as SNS allows.
+
+    The client does not retry on its own (`sns_once`): botocore would send a Publish again after a lost reply,
+    and the notification would go out twice. Here a Publish is tried again only when SNS certainly did not
+    take it (throttling), or when the topic is FIFO (its deduplication id makes a repeat harmless). Every
+    notification carries `fleet.dedup-id`, the same on every attempt for one job and final status.
+    """
+
+    def __init__(
+        self,
+        sns: SNSClient,
+        topic_name: str,
+        *,
+        topic_arn: str | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self._sns = sns
         self.topic_name = topic_name
         self._topic_arn = topic_arn
+        self._sleep = sleep
 
     async def topic_arn(self) -> str:
         if self._topic_arn is None:
@@ -316,19 +349,44 @@ class Notifier:
         return self._topic_arn
 
     async def publish(self, notification: Notification) -> bool:
-        """Publish once; a failure is logged and reported, never raised (the job is already final)."""
+        """Publish; a failure is logged and reported, never raised (the job is already final)."""
         try:
-            await self._sns.publish(
-                TopicArn=await self.topic_arn(),
-                Subject=notification.subject,
-                Message=json.dumps(notification.message, ensure_ascii=False),
-                MessageAttributes=notification.attributes,
-            )
+            arn = await self.topic_arn()
         except Exception as exc:
-            log.error(
-                "notification not sent",
-                extra={"error_code": error_code(exc) or type(exc).__name__, "error": str(exc)[:300]},
-            )
+            log.error("notification not sent", extra={"error_code": error_code(exc) or type(exc).__name__})
             return False
-        log.info("notification sent", extra={"status": notification.attributes["status"]["StringValue"]})
-        return True
+        fifo = arn.endswith(".fifo")
+        dedup = notification.attributes[DEDUP_ATTRIBUTE]["StringValue"]
+        extra: dict[str, Any] = (
+            {"MessageGroupId": notification.message["execution_id"], "MessageDeduplicationId": dedup} if fifo else {}
+        )
+        for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+            try:
+                await self._sns.publish(
+                    TopicArn=arn,
+                    Subject=notification.subject,
+                    Message=json.dumps(notification.message, ensure_ascii=False),
+                    MessageAttributes=notification.attributes,
+                    **extra,
+                )
+            except Exception as exc:
+                code = error_code(exc) or type(exc).__name__
+                again = attempt < PUBLISH_ATTEMPTS and (fifo or code in NOT_PUBLISHED)
+                log.log(
+                    logging.WARNING if again else logging.ERROR,
+                    "notification not sent" if not again else "notification not sent; trying again",
+                    extra={
+                        "error_code": code,
+                        "error": str(exc)[:300],
+                        "attempt": attempt,
+                        # a lost reply or a 5xx may hide a Publish that took effect
+                        "maybe_sent": code not in NOT_PUBLISHED and not isinstance(exc, ParamValidationError),
+                    },
+                )
+                if not again:
+                    return False
+                await self._sleep(0.2 * 2 ** (attempt - 1))
+                continue
+            log.info("notification sent", extra={"status": notification.attributes["status"]["StringValue"]})
+            return True
+        return False

@@ -95,7 +95,7 @@ class FinalizerStage:
             rng=rng,
         )
         self.notifier = Notifier(
-            sns or services.aws.sns,
+            sns or services.aws.sns_once,
             settings.name_of(NOTIFICATIONS),
             topic_arn=self.config.topic_arn,
         )

@@ -89,6 +89,7 @@ def dedicated_dynamodb(
 class Tracked:
     attempts: int
     item: dict[str, Any]  # the job item as it is after the update
+    already: bool = False  # this job and final status had been recorded before (a redelivery, a lost reply)
 
 
 class Tracker:
@@ -112,8 +113,8 @@ class Tracker:
         async with self._open() as ddb:
             for attempt in range(1, self.policy.max_attempts + 1):
                 try:
-                    item = await self._update(ddb, summary, attempt)
-                    return Tracked(attempts=attempt, item=item)
+                    item, already = await self._update(ddb, summary, attempt)
+                    return Tracked(attempts=attempt, item=item, already=already)
                 except (ClientError, BotoCoreError) as exc:
                     last = exc
                     if attempt == self.policy.max_attempts:
@@ -136,7 +137,7 @@ class Tracker:
 
     async def _update(
         self, ddb: DynamoDBClient, summary: Summary, attempt: int, *, create_if_missing: bool = True
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], bool]:
         now = now_iso()
         data: dict[str, Any] = {
             "status": "completed",
@@ -164,6 +165,8 @@ class Tracker:
                 ":cost": summary.cost_usd,
                 ":entry": [entry],
                 ":empty": [],
+                ":key": summary.final_status,
+                ":keys": {summary.final_status},
             }
         )
         try:
@@ -173,26 +176,36 @@ class Tracker:
                 UpdateExpression=(
                     "SET #status = :status, #stages.#fin = :data, updated_at = :now, completion_time = :ct, "
                     "total_duration_seconds = :dur, processing_metrics = :metrics, cost_estimate_usd = :cost, "
-                    "#history = list_append(if_not_exists(#history, :empty), :entry)"
+                    "#history = list_append(if_not_exists(#history, :empty), :entry) ADD #done :keys"
                 ),
                 # `stages.finalizer` is an invalid path until the map exists (the seed's update failed on
-                # any item not created by its trigger): create it first when it is missing.
-                ConditionExpression="attribute_exists(#stages)",
+                # any item not created by its trigger): create it first when it is missing. `finalized` holds
+                # the final statuses recorded: a second update for one (a redelivery after a crash, a retry
+                # after a lost reply) fails its condition instead of adding a second FINALIZED entry.
+                ConditionExpression="attribute_exists(#stages) AND NOT contains(#done, :key)",
                 ExpressionAttributeNames={
                     "#status": "status",
                     "#stages": "stages",
                     "#fin": STAGE,
                     "#history": "history",
+                    "#done": "finalized",
                 },
                 ExpressionAttributeValues=values,
                 ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as exc:
-            if not (create_if_missing and is_conditional_failure(exc)):
+            if not is_conditional_failure(exc):
+                raise
+            found: Any = exc.response.get("Item", {})
+            current = from_item(dict(found))
+            if summary.final_status in current.get("finalized", set()):
+                return current, True
+            if not create_if_missing:
                 raise
             await self._create_maps(ddb, summary.execution_id, now)
             return await self._update(ddb, summary, attempt, create_if_missing=False)
-        return from_item(dict(resp.get("Attributes", {})))
+        return from_item(dict(resp.get("Attributes", {}))), False
 
     async def _create_maps(self, ddb: DynamoDBClient, execution_id: str, now: str) -> None:
         await ddb.update_item(

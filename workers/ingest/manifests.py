@@ -172,7 +172,9 @@ class ManifestBuilder:
                 candidates=[c.ref for c in candidates],
                 files=[],
             )
-            await self.store.open_record(record, owner, lease_until)
+            if not await self.store.open_record(record, owner, lease_until):
+                await self.store.free_slot(date_prefix, manifest_id)
+                return False  # a fresh id taken by someone else: nothing of ours to finish
             await self._at("opened", manifest_id)
             owned = await self._claim_all(record, record.candidates)
             if not await self._top_up(record, owner, owned):
@@ -232,7 +234,8 @@ class ManifestBuilder:
         return True
 
     async def _seal(self, record: ManifestRecord, owner: str, owned: dict[str, bool]) -> ManifestRecord | None:
-        files = [ref for ref in record.candidates if owned.get(ref.file_key)]
+        # Each file once, even if a record from an older release listed a candidate twice.
+        files = list({ref.file_key: ref for ref in record.candidates if owned.get(ref.file_key)}.values())
         if not await self.store.seal(record, owner, files):
             log.warning("manifest taken over before it was sealed", extra={"manifest_id": record.manifest_id})
             return None

@@ -20,13 +20,15 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from shared.errors import Transient, is_conditional_failure, written
+from shared.errors import Transient, is_conditional_failure, owned, written
 from workers.ingest.events import FileEvent
 from workers.ingest.layout import (
     MANIFEST_PREFIX,
@@ -186,8 +188,14 @@ class FilesTable:
         }
         if event.sequencer:
             item["sequencer"] = S(event.sequencer)
+        token = uuid.uuid4().hex
+        item["tracked_by"] = S(token)
         return await written(
-            self._ddb.put_item(TableName=self.table, Item=item, ConditionExpression="attribute_not_exists(file_key)")
+            self._ddb.put_item,
+            mine=owned("tracked_by", token),
+            TableName=self.table,
+            Item=item,
+            ConditionExpression="attribute_not_exists(file_key)",
         )
 
     async def count_pending(self, date_prefix: str, limit: int) -> int:
@@ -274,32 +282,34 @@ class FilesTable:
     async def take_slot(self, date_prefix: str, manifest_id: str, lease_until: float) -> bool:
         """Become the date's one filling manifest, if none is (or its lease ran out)."""
         return await written(
-            self._ddb.update_item(
-                TableName=self.table,
-                Key=self.key(date_prefix, SLOT_KEY),
-                UpdateExpression="SET open_manifest = :m, open_until = :until",
-                ConditionExpression="attribute_not_exists(open_manifest) OR open_until < :now",
-                ExpressionAttributeValues={
-                    ":m": S(manifest_id),
-                    ":until": N(lease_until),
-                    ":now": N(time.time()),
-                },
-            )
+            self._ddb.update_item,
+            mine=owned("open_manifest", manifest_id),
+            TableName=self.table,
+            Key=self.key(date_prefix, SLOT_KEY),
+            UpdateExpression="SET open_manifest = :m, open_until = :until",
+            ConditionExpression="attribute_not_exists(open_manifest) OR open_until < :now",
+            ExpressionAttributeValues={
+                ":m": S(manifest_id),
+                ":until": N(lease_until),
+                ":now": N(time.time()),
+            },
         )
 
     async def free_slot(self, date_prefix: str, manifest_id: str) -> None:
         await written(
-            self._ddb.update_item(
-                TableName=self.table,
-                Key=self.key(date_prefix, SLOT_KEY),
-                UpdateExpression="REMOVE open_manifest, open_until",
-                ConditionExpression="open_manifest = :m",
-                ExpressionAttributeValues={":m": S(manifest_id)},
-            )
+            self._ddb.update_item,
+            TableName=self.table,
+            Key=self.key(date_prefix, SLOT_KEY),
+            UpdateExpression="REMOVE open_manifest, open_until",
+            ConditionExpression="open_manifest = :m",
+            ExpressionAttributeValues={":m": S(manifest_id)},
         )
 
-    async def open_record(self, record: ManifestRecord, owner: str, lease_until: float) -> None:
-        await self._ddb.put_item(
+    async def open_record(self, record: ManifestRecord, owner: str, lease_until: float) -> bool:
+        """Write the CLAIMING record; False if a record with this id exists and is not this owner's."""
+        return await written(
+            self._ddb.put_item,
+            mine=owned("owner", owner),
             TableName=self.table,
             Item={
                 **self.key(record.date_prefix, manifest_item_key(record.manifest_id)),
@@ -310,6 +320,7 @@ class FilesTable:
                 "owner": S(owner),
                 "created_at": S(record.created_at),
                 "candidates": {"L": [f.to_attr() for f in record.candidates]},
+                **({"candidate_keys": {"SS": [f.file_key for f in record.candidates]}} if record.candidates else {}),
                 "todo": S(TODO_MANIFEST),
                 "todo_order": S(iso_at(lease_until)),
             },
@@ -342,19 +353,29 @@ class FilesTable:
         return True
 
     async def add_candidates(self, record: ManifestRecord, owner: str, refs: list[FileRef]) -> bool:
+        """Append `refs` to the record's candidates, once: a retried append (its reply lost) finds its first
+        file already among `candidate_keys` and is recognised as done, instead of listing the files twice."""
+        keys = [f.file_key for f in refs]
+
+        def appended(item: Mapping[str, Any]) -> bool:
+            held = set((item.get("candidate_keys") or {}).get("SS", []))
+            return owned("owner", owner, state=CLAIMING)(item) and set(keys) <= held
+
         return await written(
-            self._ddb.update_item(
-                TableName=self.table,
-                Key=self.key(record.date_prefix, manifest_item_key(record.manifest_id)),
-                UpdateExpression="SET candidates = list_append(candidates, :c)",
-                ConditionExpression="#st = :claiming AND #o = :o",
-                ExpressionAttributeNames={"#st": "state", "#o": "owner"},
-                ExpressionAttributeValues={
-                    ":c": {"L": [f.to_attr() for f in refs]},
-                    ":claiming": S(CLAIMING),
-                    ":o": S(owner),
-                },
-            )
+            self._ddb.update_item,
+            mine=appended,
+            TableName=self.table,
+            Key=self.key(record.date_prefix, manifest_item_key(record.manifest_id)),
+            UpdateExpression="SET candidates = list_append(candidates, :c) ADD candidate_keys :k",
+            ConditionExpression="#st = :claiming AND #o = :o AND NOT contains(candidate_keys, :first)",
+            ExpressionAttributeNames={"#st": "state", "#o": "owner"},
+            ExpressionAttributeValues={
+                ":c": {"L": [f.to_attr() for f in refs]},
+                ":k": {"SS": keys},
+                ":first": S(keys[0]),
+                ":claiming": S(CLAIMING),
+                ":o": S(owner),
+            },
         )
 
     async def seal(self, record: ManifestRecord, owner: str, files: list[FileRef]) -> bool:
@@ -367,26 +388,26 @@ class FilesTable:
             ":n": N(len(files)),
             ":now": S(iso()),
         }
-        update = "SET #f = :files, file_count = :n, sealed_at = :now, #st = :state REMOVE candidates"
+        update = "SET #f = :files, file_count = :n, sealed_at = :now, #st = :state REMOVE candidates, candidate_keys"
         if files:
             values[":state"] = S(SEALED)
         else:
             values[":state"] = S(EMPTY)
             update += ", #t, todo_order"
         return await written(
-            self._ddb.update_item(
-                TableName=self.table,
-                Key=self.key(record.date_prefix, manifest_item_key(record.manifest_id)),
-                UpdateExpression=update,
-                ConditionExpression="#st = :claiming AND #o = :o",
-                ExpressionAttributeNames={
-                    "#f": "files",
-                    "#st": "state",
-                    "#o": "owner",
-                    **({} if files else {"#t": "todo"}),
-                },
-                ExpressionAttributeValues=values,
-            )
+            self._ddb.update_item,
+            mine=owned("owner", owner, state=values[":state"]["S"]),
+            TableName=self.table,
+            Key=self.key(record.date_prefix, manifest_item_key(record.manifest_id)),
+            UpdateExpression=update,
+            ConditionExpression="#st = :claiming AND #o = :o",
+            ExpressionAttributeNames={
+                "#f": "files",
+                "#st": "state",
+                "#o": "owner",
+                **({} if files else {"#t": "todo"}),
+            },
+            ExpressionAttributeValues=values,
         )
 
     async def take_over(self, seen: OpenManifest, owner: str, lease_until: float) -> ManifestRecord | None:
@@ -420,19 +441,19 @@ class FilesTable:
         """SEALED → SUBMITTED, leaving the todo index. False if another owner took it over, or the
         compact worker already finished it (both fine: the job is out)."""
         return await written(
-            self._ddb.update_item(
-                TableName=self.table,
-                Key=self.key(record.date_prefix, manifest_item_key(record.manifest_id)),
-                UpdateExpression="SET #st = :submitted, submitted_at = :now REMOVE #t, todo_order",
-                ConditionExpression="#st = :sealed AND #o = :o",
-                ExpressionAttributeNames={"#st": "state", "#o": "owner", "#t": "todo"},
-                ExpressionAttributeValues={
-                    ":submitted": S(SUBMITTED),
-                    ":sealed": S(SEALED),
-                    ":o": S(owner),
-                    ":now": S(iso()),
-                },
-            )
+            self._ddb.update_item,
+            mine=owned("owner", owner, state=SUBMITTED),
+            TableName=self.table,
+            Key=self.key(record.date_prefix, manifest_item_key(record.manifest_id)),
+            UpdateExpression="SET #st = :submitted, submitted_at = :now REMOVE #t, todo_order",
+            ConditionExpression="#st = :sealed AND #o = :o",
+            ExpressionAttributeNames={"#st": "state", "#o": "owner", "#t": "todo"},
+            ExpressionAttributeValues={
+                ":submitted": S(SUBMITTED),
+                ":sealed": S(SEALED),
+                ":o": S(owner),
+                ":now": S(iso()),
+            },
         )
 
     # --- batches (for items whose owner is settled) ----------------------------------------------
