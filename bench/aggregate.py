@@ -14,10 +14,9 @@ consumers; partition key = the event's student, as `fleet submit events` does.
 - Lost updates: each approach's stored figures against a single-threaded reference computation of the same
   events (the seed against its own semantics: counters only grow).
 
-moto's threaded server checks a condition and applies the update without a lock: two concurrent
-compare-and-set writes can both succeed (measured: 70 accepted, 66 effective). AWS applies each conditional
-write atomically, so the emulator here runs DynamoDB requests one at a time (`--serve-emulator`); the seed's
-read-then-write races are across requests and show up all the same.
+The emulator is fleet's embedded one (a moto subprocess), whose DynamoDB requests run one at a time as AWS
+applies each conditional write atomically (shared/emulator.py); the seed's read-then-write races are across
+requests and show up all the same.
 
     python bench/aggregate.py [--events 20000] [--seed-events 10000] [--rate 2000] [--seconds 30]
 
@@ -33,9 +32,7 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -56,73 +53,6 @@ WRITE_CALLS = {
     "events": {"PutEvents"},
     "sqs": {"SendMessage", "SendMessageBatch", "DeleteMessage", "DeleteMessageBatch"},
 }
-
-# --- an emulator whose conditional writes are atomic --------------------------------------------------------
-
-
-def atomic_dynamodb_app() -> Any:
-    """moto's WSGI app with DynamoDB requests serialized (other services, e.g. SQS long polls, untouched)."""
-    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
-
-    app = DomainDispatcherApplication(create_backend_app)
-    lock = threading.Lock()
-
-    def serialized(environ: Any, start_response: Any) -> Any:
-        if environ.get("HTTP_X_AMZ_TARGET", "").startswith("DynamoDB_"):
-            with lock:
-                return list(app(environ, start_response))
-        return app(environ, start_response)
-
-    return serialized
-
-
-def serve(port: int) -> None:
-    from moto.moto_server.werkzeug_app import MotoRequestHandler
-    from werkzeug.serving import make_server
-
-    make_server(
-        "127.0.0.1", port, atomic_dynamodb_app(), threaded=True, request_handler=MotoRequestHandler
-    ).serve_forever()
-
-
-class AtomicEmulator:
-    """`with AtomicEmulator() as url:` — the server above, in a thread (tests) or a subprocess (benchmarks)."""
-
-    def __init__(self, *, process: bool = False) -> None:
-        self.process = process
-        self._server: Any = None
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> str:
-        from shared.emulator import free_port, wait_until_up
-
-        if self.process:
-            port = free_port()
-            self._proc = subprocess.Popen(
-                [sys.executable, __file__, "--serve-emulator", str(port)],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        else:
-            from moto.moto_server.werkzeug_app import MotoRequestHandler
-            from werkzeug.serving import make_server
-
-            self._server = make_server(
-                "127.0.0.1", 0, atomic_dynamodb_app(), threaded=True, request_handler=MotoRequestHandler
-            )
-            threading.Thread(target=self._server.serve_forever, daemon=True).start()
-            port = self._server.server_address[1]
-        url = f"http://127.0.0.1:{port}"
-        wait_until_up(url)
-        return url
-
-    def __exit__(self, *exc: object) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-        if self._proc is not None:
-            self._proc.terminate()
-            self._proc.wait(10)
-
 
 # --- workload and reference ---------------------------------------------------------------------------------
 
@@ -665,7 +595,10 @@ async def steady(url: str, rate: int, seconds: float, warmup: float) -> dict[str
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    with quiet_logs(), AtomicEmulator(process=True) as url:
+    from shared.emulator import EmbeddedAws
+
+    with quiet_logs(), EmbeddedAws(mode="process") as emulator:
+        url = emulator.url
         events = zipf_events(random.Random(7), args.events)
         fleet = await fleet_drain(url, events)
         seed = await seed_drain(url, events[: args.seed_events])
@@ -736,9 +669,6 @@ def args_seconds(st: dict[str, Any]) -> str:
 # --- main ---------------------------------------------------------------------------------------------------
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--serve-emulator":
-        serve(int(sys.argv[2]))
-        sys.exit(0)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=20_000, help="pre-loaded events for the fleet's drain")
     parser.add_argument("--seed-events", type=int, default=10_000, help="the seed's subset of them")

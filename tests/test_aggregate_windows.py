@@ -1,5 +1,5 @@
 """Rolling windows, snapshots, alert rules and the item codec of the aggregate worker: pure code, checked
-against `reference()`, a single-threaded recomputation written independently of the worker."""
+against `bench.aggregate.reference`, a single-threaded recomputation written independently of the worker."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import json
 import random
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 from typing import Any
 
 import pytest
 
+from bench.aggregate import figures, reference
 from shared.errors import Poison
 from workers.aggregate.alerts import fire, rules
 from workers.aggregate.events import EntityKey, contributions, validate_event
@@ -19,66 +20,11 @@ from workers.aggregate.store import attributes, from_item, update_request
 from workers.aggregate.windows import EntityState, Pending, apply, summary
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
-FIGURES = ("sessions_7d", "sessions_14d", "sessions_30d", "ib_calls_7d", "ib_calls_14d", "avg_rating", "health_score")
 
 
-# --- the reference computation ---------------------------------------------------------------------------
-
-
-def reference(events: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
-    """Per (entity_type, entity_id): the figures, computed from scratch. Events sharing an event_id count once."""
-    seen: set[str] = set()
-    touches: dict[tuple[str, str], list[tuple[datetime, str, Any]]] = defaultdict(list)
-    for e in events:
-        if e.get("event_id") is not None:
-            if e["event_id"] in seen:
-                continue
-            seen.add(e["event_id"])
-        at = datetime.fromisoformat(e["timestamp"]).astimezone(UTC)
-        p, kind = e["payload"], e["event_type"]
-        if kind in ("session_started", "session_completed"):
-            if p.get("student_id"):
-                touches[("student", p["student_id"])].append((at, "session", None))
-            if p.get("tutor_id"):
-                rating = p.get("tutor_rating") if kind == "session_completed" else None
-                touches[("tutor", p["tutor_id"])].append((at, "session", rating))
-        elif kind == "ib_call_logged":
-            touches[("student", p["student_id"])].append((at, "ib", None))
-        elif kind == "customer_health_update":
-            touches[("student", p["student_id"])].append((at, "health", p["health_score"]))
-        elif kind == "supply_demand_update":
-            touches[("subject", p["subject"])].append((at, "supply", p.get("balance_status")))
-    out = {}
-    for key, items in touches.items():
-        end = max(at for at, _, _ in items).date()
-
-        def within(days: int, at: datetime, end: Any = end) -> bool:
-            return end - timedelta(days=days - 1) <= at.date() <= end
-
-        ratings = [Decimal(repr(r)) for at, kind, r in items if kind == "session" and r is not None and within(30, at)]
-        health = max(((at, v) for at, kind, v in items if kind == "health"), default=None)
-        out[key] = {
-            "sessions_7d": sum(1 for at, k, _ in items if k == "session" and within(7, at)),
-            "sessions_14d": sum(1 for at, k, _ in items if k == "session" and within(14, at)),
-            "sessions_30d": sum(1 for at, k, _ in items if k == "session" and within(30, at)),
-            "ib_calls_7d": sum(1 for at, k, _ in items if k == "ib" and within(7, at)),
-            "ib_calls_14d": sum(1 for at, k, _ in items if k == "ib" and within(14, at)),
-            "avg_rating": (sum(ratings) / len(ratings)).quantize(Decimal("0.0001"), ROUND_HALF_EVEN)
-            if ratings
-            else Decimal(0),
-            "health_score": Decimal(repr(health[1])) if health else Decimal(100),
-            "events": len(items),
-        }
-    return out
-
-
-def figures(values: dict[str, Any]) -> dict[str, Any]:
-    """The compared figures of an item or summary, as Decimals."""
-    return {k: Decimal(str(values[k])).normalize() for k in (*FIGURES, "events")}
-
-
-def expected(ref: dict[str, Any]) -> dict[str, Any]:
-    return {k: Decimal(str(v)).normalize() for k, v in ref.items()}
+def want(events: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The reference figures of each entity (bench/aggregate.py: a single-threaded recomputation)."""
+    return {k: figures(v) for k, v in reference(events).items()}
 
 
 def random_events(
@@ -130,15 +76,12 @@ def test_events_spread_over_40_days_give_exact_windows_whatever_the_order() -> N
     # Given 400 events over 40 days for 4 students and 2 tutors
     rng = random.Random(40)
     events = random_events(rng, 400)
-    ref = reference(events)
 
     # When they are applied in a random order, in batches, twice over (different orders)
     for _ in range(2):
         states = fold(events, rng)
         # Then every figure equals the reference, for every entity
-        assert {(k.entity_type, k.entity_id): figures(summary(s)) for k, s in states.items()} == {
-            k: expected(v) for k, v in ref.items()
-        }
+        assert {(k.entity_type, k.entity_id): figures(summary(s)) for k, s in states.items()} == want(events)
 
 
 def test_late_events_land_in_their_day_and_events_over_30_days_old_stop_counting() -> None:

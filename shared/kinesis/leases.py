@@ -77,21 +77,20 @@ class LeaseStore:
     async def ensure(self, shard_id: str, parents: Iterable[str], initial: str) -> bool:
         """Create the shard's lease if it has none (True if this call created it)."""
         return await written(
-            self._ddb.put_item(
-                TableName=self.table,
-                Item={
-                    **self.key(shard_id),
-                    "kind": {"S": "kinesis-lease"},
-                    "app": {"S": self.app},
-                    "stream": {"S": self.stream},
-                    "shard_id": {"S": shard_id},
-                    "counter": {"N": "0"},
-                    "checkpoint": {"S": initial},
-                    "parents": {"L": [{"S": p} for p in parents]},
-                    "updated_at": {"S": _now()},
-                },
-                ConditionExpression="attribute_not_exists(pk)",
-            )
+            self._ddb.put_item,
+            TableName=self.table,
+            Item={
+                **self.key(shard_id),
+                "kind": {"S": "kinesis-lease"},
+                "app": {"S": self.app},
+                "stream": {"S": self.stream},
+                "shard_id": {"S": shard_id},
+                "counter": {"N": "0"},
+                "checkpoint": {"S": initial},
+                "parents": {"L": [{"S": p} for p in parents]},
+                "updated_at": {"S": _now()},
+            },
+            ConditionExpression="attribute_not_exists(pk)",
         )
 
     async def load(self, shard_ids: Iterable[str]) -> dict[str, Lease]:
@@ -109,27 +108,31 @@ class LeaseStore:
                 request = resp.get("UnprocessedKeys") or None
         return out
 
-    async def _update(self, shard_id: str, expression: str, condition: str, values: dict[str, Any]) -> Any:
+    def _request(self, shard_id: str, expression: str, condition: str, values: dict[str, Any]) -> dict[str, Any]:
         used = {k: v for k, v in NAMES.items() if k in expression or k in condition}
-        return await self._ddb.update_item(
-            TableName=self.table,
-            Key=self.key(shard_id),
-            UpdateExpression=expression,
-            ConditionExpression=condition,
-            ExpressionAttributeNames=used,
-            ExpressionAttributeValues={**values, ":at": {"S": _now()}},
-            ReturnValues="ALL_NEW",
-        )
+        return {
+            "TableName": self.table,
+            "Key": self.key(shard_id),
+            "UpdateExpression": expression,
+            "ConditionExpression": condition,
+            "ExpressionAttributeNames": used,
+            "ExpressionAttributeValues": {**values, ":at": {"S": _now()}},
+        }
 
     async def _maybe(self, shard_id: str, expression: str, condition: str, values: dict[str, Any]) -> Lease | None:
         """The lease after a conditional update; None if its condition failed."""
         try:
-            resp = await self._update(shard_id, expression, condition, values)
+            resp = await self._ddb.update_item(
+                **self._request(shard_id, expression, condition, values), ReturnValues="ALL_NEW"
+            )
         except ClientError as exc:
             if is_conditional_failure(exc):
                 return None
             raise
         return _lease(shard_id, resp["Attributes"])
+
+    async def _write(self, shard_id: str, expression: str, condition: str, values: dict[str, Any]) -> bool:
+        return await written(self._ddb.update_item, **self._request(shard_id, expression, condition, values))
 
     async def take(self, lease: Lease, owner: str) -> Lease | None:
         """Take a lease seen free, expired or held by another (a steal); None if it moved since it was seen."""
@@ -147,33 +150,27 @@ class LeaseStore:
         )
 
     async def checkpoint(self, shard_id: str, owner: str, sequence_number: str) -> bool:
-        return await written(
-            self._update(
-                shard_id,
-                "SET #k = :seq, updated_at = :at",
-                "#o = :me AND #k <> :end",
-                {":me": {"S": owner}, ":seq": {"S": sequence_number}, ":end": {"S": SHARD_END}},
-            )
+        return await self._write(
+            shard_id,
+            "SET #k = :seq, updated_at = :at",
+            "#o = :me AND #k <> :end",
+            {":me": {"S": owner}, ":seq": {"S": sequence_number}, ":end": {"S": SHARD_END}},
         )
 
     async def release(self, shard_id: str, owner: str) -> bool:
         """Give a lease back at once: another worker may take it on its next look, without waiting for expiry."""
-        return await written(
-            self._update(
-                shard_id,
-                "REMOVE #o SET #c = #c + :one, updated_at = :at",
-                "#o = :me",
-                {":me": {"S": owner}, ":one": {"N": "1"}},
-            )
+        return await self._write(
+            shard_id,
+            "REMOVE #o SET #c = #c + :one, updated_at = :at",
+            "#o = :me",
+            {":me": {"S": owner}, ":one": {"N": "1"}},
         )
 
     async def finish(self, shard_id: str, owner: str) -> bool:
         """The shard is read to its end and every effect is durable: its children may start."""
-        return await written(
-            self._update(
-                shard_id,
-                "SET #k = :end, #c = #c + :one, updated_at = :at REMOVE #o",
-                "#o = :me",
-                {":me": {"S": owner}, ":one": {"N": "1"}, ":end": {"S": SHARD_END}},
-            )
+        return await self._write(
+            shard_id,
+            "SET #k = :end, #c = #c + :one, updated_at = :at REMOVE #o",
+            "#o = :me",
+            {":me": {"S": owner}, ":one": {"N": "1"}, ":end": {"S": SHARD_END}},
         )
