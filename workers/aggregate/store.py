@@ -241,6 +241,13 @@ class MetricsTable:
             raise
         return from_item(key, resp.get("Attributes"))
 
+    async def scan(self) -> list[dict[str, Any]]:
+        """Every entity item, as plain values (small tables: the demo, checks)."""
+        out = []
+        async for page in self._ddb.get_paginator("scan").paginate(TableName=self.table, ConsistentRead=True):
+            out += [{k: _de.deserialize(v) for k, v in item.items()} for item in page.get("Items", [])]
+        return out
+
     async def items_of(self, entity_id: str) -> list[dict[str, Any]]:
         """Every item of an entity id (all its types), as plain values: for `fleet entity`."""
         resp = await self._ddb.query(
