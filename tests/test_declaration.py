@@ -76,7 +76,7 @@ def test_declared_tuning_sits_between_fleet_defaults_and_per_worker_overrides() 
     [
         ({"workers": {"nope": {"concurrency": 3}}}, "FLEET_WORKERS__NOPE: no such worker"),
         ({"queues": {"nope": "x"}}, "FLEET_QUEUES__NOPE: no such resource"),
-        ({"tables": {"jobz": "x"}}, "FLEET_TABLES__JOBZ: no such resource (known: files, jobs, leases)"),
+        ({"tables": {"jobz": "x"}}, "FLEET_TABLES__JOBZ: no such resource (known: files, jobs, leases, metrics, seen)"),
     ],
 )
 def test_settings_naming_an_unknown_worker_or_resource_are_refused(overrides: dict[str, object], message: str) -> None:
