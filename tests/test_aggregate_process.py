@@ -21,7 +21,7 @@ from shared.stage import Services
 from tests.test_aggregate import FAST, lines, stored
 from tests.test_aggregate_windows import want
 from tests.test_kinesis import until
-from tests.test_process import fleet_cmd, fleet_env, log_events
+from tests.test_process import fleet_cmd, fleet_env, log_events, run_fleet
 from workers.aggregate.resources import EVENTS_STREAM, METRICS
 from workers.aggregate.submit import submit_events
 
@@ -31,6 +31,8 @@ class Worker:
 
     def __init__(self, services: Services, **env: str) -> None:
         self.lines: list[str] = []
+        self.health_dir = f"{services.settings.health_dir}/{len(env)}-{id(self)}"
+        env = {"FLEET_HEALTH_DIR": self.health_dir, **env}
         self.proc = subprocess.Popen(
             fleet_cmd("worker", "aggregate"),
             env=fleet_env(services.settings, **{"FLEET_DEFAULTS__WAIT_TIME_SECONDS": "1", **FAST, **env}),
@@ -142,6 +144,10 @@ async def test_a_sigtermed_worker_hands_its_shard_over_without_waiting_for_expir
         await submit_events(fleet, lines(events[:200]), quiet=True)
         await counted_as(fleet, events[:200])
 
+        # (both consumers of each worker report in its health check)
+        healthy = await run_fleet(fleet.settings, "health", "aggregate", FLEET_HEALTH_DIR=b.health_dir)
+        assert healthy.returncode == 0 and "aggregate.stream: running" in healthy.stdout, healthy.stdout
+
         # When ECS sends a SIGTERM
         a.proc.send_signal(signal.SIGTERM)
         stopped = time.monotonic()
@@ -149,6 +155,8 @@ async def test_a_sigtermed_worker_hands_its_shard_over_without_waiting_for_expir
 
         # Then a released its lease as it stopped, and b holds both shards long before a lease could expire
         assert [e["shard_id"] for e in a.events("lease released")] == [a_shard]
+        stopped_health = await run_fleet(fleet.settings, "health", "aggregate", FLEET_HEALTH_DIR=a.health_dir)
+        assert stopped_health.returncode == 1 and "stopped" in stopped_health.stdout
         await until(lambda: any(e.get("shard_id") == a_shard for e in b.events("lease taken")), 30, "hand-over")
         assert time.monotonic() - stopped < 30
         assert all(b.owner_prefix in (owner or "") for owner in (await owners(fleet)).values())
