@@ -33,6 +33,7 @@ import os
 import random
 import statistics
 import sys
+import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -337,10 +338,8 @@ async def prepare(url: str, label: str) -> Any:
         kinesis = services.aws.kinesis
         name = settings.name_of(EVENTS_STREAM)
         await kinesis.create_stream(StreamName=name, ShardCount=SHARDS)
-        while (await kinesis.describe_stream_summary(StreamName=name))["StreamDescriptionSummary"][
-            "StreamStatus"
-        ] != "ACTIVE":
-            await asyncio.sleep(0.2)
+        waiter = kinesis.get_waiter("stream_exists")
+        await waiter.wait(StreamName=name, WaiterConfig={"Delay": 1})
     return settings
 
 
@@ -382,6 +381,13 @@ async def stored_items(services: Any) -> dict[tuple[str, str], dict[str, Any]]:
     return out
 
 
+async def until(condition: Any) -> None:
+    while True:
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+
+
 class FleetConsumers:
     """CONSUMERS stream consumers, each with its own clients and aggregator, as separate tasks would have."""
 
@@ -420,6 +426,14 @@ class FleetConsumers:
     def idle(self) -> bool:
         return all(not s.aggregator._pending and not s.aggregator._batches for s in self.stages)
 
+    def aggregate_stats(self) -> dict[str, int]:
+        stats = [s.aggregator.stats for s in self.stages]
+        return {
+            "entity_writes": sum(x.writes for x in stats),
+            "races_lost": sum(x.conflicts for x in stats),
+            "alerts_sent": sum(x.alerts_sent for x in stats),
+        }
+
     async def stop(self) -> list[Any]:
         for c in self.consumers:
             c.stop()
@@ -437,8 +451,7 @@ async def fleet_drain(url: str, events: list[dict[str, Any]]) -> dict[str, Any]:
         consumers = FleetConsumers(settings)
         started = time.perf_counter()
         await consumers.start()
-        while consumers.durable() < len(events) or not consumers.idle():
-            await asyncio.sleep(0.05)
+        await until(lambda: consumers.durable() >= len(events) and consumers.idle())
         elapsed = time.perf_counter() - started
         await consumers.stop()
         missing, wrong = compare(await stored_items(observer), events)
@@ -452,6 +465,7 @@ async def fleet_drain(url: str, events: list[dict[str, Any]]) -> dict[str, Any]:
         "by_operation": dict(consumers.counter.calls.most_common()),
         "lost": missing,
         "entities_wrong": wrong,
+        **consumers.aggregate_stats(),
     }
 
 
@@ -498,51 +512,85 @@ async def seed_drain(url: str, events: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+async def produce(url: str, prefix: str, rate: int, path: str) -> None:
+    """The steady run's producer, in its own process (`--produce`): the events of `path` at `rate` a second, in
+    4 batches a second, printing each batch's (student, shard, sequence number, wall-clock put time)."""
+    from shared.app import open_services
+    from shared.settings import load_settings
+    from workers.aggregate.resources import EVENTS_STREAM
+
+    settings = load_settings(endpoint_url=url, prefix=prefix, metrics_mode="off")
+    tick = 0.25
+    per_tick = int(rate * tick)
+    lines = await asyncio.to_thread(lambda: Path(path).read_text().splitlines())
+    async with open_services(settings) as services:
+        stream = settings.name_of(EVENTS_STREAM)
+        t0 = time.perf_counter()
+        for n, start in enumerate(range(0, len(lines), per_tick)):
+            await asyncio.sleep(max(0.0, t0 + n * tick - time.perf_counter()))
+            batch = [json.loads(line) for line in lines[start : start + per_tick]]
+            records: Any = [{"Data": json.dumps(e).encode(), "PartitionKey": e["payload"]["student_id"]} for e in batch]
+            at = time.time()
+            resp = await services.aws.kinesis.put_records(StreamName=stream, Records=records)
+            assert not resp.get("FailedRecordCount"), resp
+            placed = [[start + i, r["ShardId"], r["SequenceNumber"], at] for i, r in enumerate(resp["Records"])]
+            print(json.dumps(placed), flush=True)
+
+
 async def steady(url: str, rate: int, seconds: float, warmup: float) -> dict[str, Any]:
+    """The worker at its default settings, fed `rate` events/s for `seconds` by another process."""
     from shared.app import open_services
     from shared.kinesis.records import sequence_key
+    from workers.aggregate.resources import METRICS
     from workers.aggregate.store import MARK
 
     settings = await prepare(url, "st")
-    rng = random.Random(2000)
     sent: list[dict[str, Any]] = []
     waiting: dict[str, list[tuple[str, str, float]]] = defaultdict(list)  # student -> (shard, position, put at)
     latencies: list[tuple[float, float]] = []  # (put at, seconds until visible)
-    async with open_services(settings) as observer, open_services(settings) as sampler_services:
+    marks: dict[str, tuple[int, int]] = {}  # write calls and events sent, at the end of the warm-up and at the end
+    async with open_services(settings) as observer:
         consumers = FleetConsumers(settings)
         await consumers.start()
-        await asyncio.sleep(2)  # leases taken: the clock starts with the first event
-        tick = 0.25
-        t0 = time.perf_counter()
-        calls_at: dict[str, int] = {}
-        stop_sampling = asyncio.Event()
+        await asyncio.sleep(3)  # leases taken: the clock starts with the first event
+        events = zipf_events(random.Random(2000), int(rate * seconds))
+        feed = Path(tempfile.mkdtemp(prefix="fleet-bench-")) / "events.ndjson"
+        feed.write_text("".join(json.dumps(e) + "\n" for e in events))
+        producer = await asyncio.create_subprocess_exec(
+            *(sys.executable, __file__, "--produce", url, settings.prefix, str(rate), str(feed)),
+            stdout=asyncio.subprocess.PIPE,
+            limit=16 * 1024 * 1024,
+        )
+        assert producer.stdout is not None
+        t0 = time.time()
 
-        async def produce() -> None:
-            n = 0
-            while (elapsed := time.perf_counter() - t0) < seconds:
-                if "warm" not in calls_at and elapsed >= warmup:
-                    calls_at["warm"], calls_at["warm_events"] = consumers.counter.total, len(sent)
-                batch = zipf_events(rng, int(rate * tick))
-                put_at = time.perf_counter()
-                placed = await put_events(observer, batch)
-                for e, (shard, seq) in zip(batch, placed, strict=True):
-                    waiting[e["payload"]["student_id"]].append((shard, sequence_key(seq), put_at))
-                sent.extend(batch)
-                n += 1
-                await asyncio.sleep(max(0.0, t0 + n * tick - time.perf_counter()))
-            calls_at["end"], calls_at["end_events"] = consumers.counter.total, len(sent)
+        async def read_producer() -> None:
+            assert producer.stdout is not None
+            while line := await producer.stdout.readline():
+                for index, shard, seq, at in json.loads(line):
+                    waiting[events[index]["payload"]["student_id"]].append((shard, sequence_key(seq), at))
+                    sent.append(events[index])
+                if "warm" not in marks and time.time() - t0 >= warmup:
+                    marks["warm"] = (consumers.counter.total, len(sent))
 
         async def sample() -> None:
-            table = settings.name_of(__import__("workers.aggregate.resources", fromlist=["METRICS"]).METRICS)
-            names = {f"#w{i}": f"{MARK}{s}" for i, s in enumerate(f"shardId-{i:012d}" for i in range(SHARDS))}
-            while not stop_sampling.is_set() or any(waiting.values()):
+            table = settings.name_of(METRICS)
+            names = {f"#w{i}": f"{MARK}shardId-{i:012d}" for i in range(SHARDS)}
+            deadline = None
+            while True:
                 students = [s for s, w in waiting.items() if w]
-                now = time.perf_counter()
+                if reading.done():
+                    if not students:
+                        return
+                    deadline = deadline or time.time() + 120
+                    if time.time() > deadline:
+                        return
+                now = time.time()
                 for start in range(0, len(students), 100):
                     keys = [
                         {"entity_id": {"S": s}, "entity_type": {"S": "student"}} for s in students[start : start + 100]
                     ]
-                    resp = await sampler_services.aws.dynamodb.batch_get_item(
+                    resp = await observer.aws.dynamodb.batch_get_item(
                         RequestItems={
                             table: {
                                 "Keys": keys,
@@ -553,43 +601,38 @@ async def steady(url: str, rate: int, seconds: float, warmup: float) -> dict[str
                         }
                     )
                     for item in resp["Responses"].get(table, []):
-                        marks = {k.removeprefix(MARK): v["S"] for k, v in item.items() if k.startswith(MARK)}
-                        still = []
-                        for shard, position, put_at in waiting[item["entity_id"]["S"]]:
-                            if marks.get(shard, "") >= position:
-                                latencies.append((put_at - t0, now - put_at))
-                            else:
-                                still.append((shard, position, put_at))
-                        waiting[item["entity_id"]["S"]] = still
-                if stop_sampling.is_set() and time.perf_counter() - t0 > seconds + 120:
-                    break
+                        held = {k.removeprefix(MARK): v["S"] for k, v in item.items() if k.startswith(MARK)}
+                        student = item["entity_id"]["S"]
+                        visible = [w for w in waiting[student] if held.get(w[0], "") >= w[1]]
+                        latencies.extend((at - t0, now - at) for _, _, at in visible)
+                        waiting[student] = [w for w in waiting[student] if held.get(w[0], "") < w[1]]
                 await asyncio.sleep(0.5)
 
-        sampler = asyncio.create_task(sample())
-        await produce()
-        stop_sampling.set()
-        await sampler
+        reading = asyncio.create_task(read_producer())
+        await sample()
+        await producer.wait()
+        marks["end"] = (consumers.counter.total, len(sent))
         results = await consumers.stop()
         missing, wrong = compare(await stored_items(observer), sent)
-    steady_lat = sorted(lat for at, lat in latencies if at >= warmup)
-    warm_calls = calls_at["end"] - calls_at["warm"]
-    warm_events = calls_at["end_events"] - calls_at["warm_events"]
+    lat = sorted(latency for at, latency in latencies if at >= warmup)
+    warm_calls, warm_events = marks.get("warm", (0, 0))
+    end_calls, end_events = marks["end"]
     return {
         "events": len(sent),
+        "seconds": seconds,
         "rate": len(sent) / seconds,
         "write_calls": consumers.counter.total,
-        "write_calls_per_event": calls_at["end"] / max(1, calls_at["end_events"]),
-        "steady_write_calls_per_event": warm_calls / max(1, warm_events),
+        "write_calls_per_event": end_calls / max(1, end_events),
+        "steady_write_calls_per_event": (end_calls - warm_calls) / max(1, end_events - warm_events),
         "by_operation": dict(consumers.counter.calls.most_common()),
-        "freshness_p50": statistics.median(steady_lat) if steady_lat else None,
-        "freshness_p95": steady_lat[int(len(steady_lat) * 0.95)] if steady_lat else None,
-        "freshness_max": steady_lat[-1] if steady_lat else None,
+        "freshness_p50": statistics.median(lat) if lat else None,
+        "freshness_p95": lat[int(len(lat) * 0.95)] if lat else None,
+        "freshness_max": lat[-1] if lat else None,
         "sampled": len(latencies),
         "never_visible": sum(len(w) for w in waiting.values()),
         "lost": missing,
         "entities_wrong": wrong,
-        "conflicts": sum(s.aggregator.stats.conflicts for s in consumers.stages),
-        "entity_writes": sum(s.aggregator.stats.writes for s in consumers.stages),
+        **consumers.aggregate_stats(),
         "leases_moved": sum(r.leases_stolen + r.leases_lost for r in results),
     }
 
@@ -600,13 +643,19 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     with quiet_logs(), EmbeddedAws(mode="process") as emulator:
         url = emulator.url
         events = zipf_events(random.Random(7), args.events)
-        fleet = await fleet_drain(url, events)
-        seed = await seed_drain(url, events[: args.seed_events])
-        steady_run = await steady(url, args.rate, args.seconds, args.warmup)
-    return {"fleet": fleet, "seed": seed, "steady": steady_run}
+        out: dict[str, Any] = {"warmup": args.warmup}
+        if "drain" in args.phases:
+            out["fleet"] = await fleet_drain(url, events)
+            out["seed"] = await seed_drain(url, events[: args.seed_events])
+        if "steady" in args.phases:
+            out["steady"] = await steady(url, args.rate, args.seconds, args.warmup)
+    return out
 
 
 def report(r: dict[str, Any]) -> dict[str, Any]:
+    if "fleet" not in r or "steady" not in r:
+        print(json.dumps(r, default=str, indent=1))
+        return {}
     fleet, seed, st = r["fleet"], r["seed"], r["steady"]
     print(f"{'drain':<8}{'events':>8}{'seconds':>9}{'events/s':>10}{'writes':>8}{'writes/event':>14}{'lost':>6}")
     for d in (fleet, seed):
@@ -618,19 +667,28 @@ def report(r: dict[str, Any]) -> dict[str, Any]:
         print(f"  {d['approach']}: " + ", ".join(f"{op} {n}" for op, n in d["by_operation"].items()))
     speedup = fleet["events_per_s"] / seed["events_per_s"]
     print(
-        f"fleet / seed: {speedup:.1f}x events/s (target >= 10x); lost: fleet {fleet['lost']} "
-        f"({fleet['entities_wrong']} entities differ), seed {seed['lost']} of {seed['increments']} increments"
+        f"fleet / seed: {speedup:.1f}x events/s (target >= 10x); fleet: {fleet['entity_writes']} entity writes, "
+        f"{fleet['races_lost']} races lost and retried"
     )
     print(
-        f"steady {st['rate']:.0f} events/s for {args_seconds(st)}: {st['steady_write_calls_per_event']:.3f} write calls/event "
-        f"after warm-up ({st['write_calls_per_event']:.3f} overall; target <= 0.1); freshness p50 {fmt(st['freshness_p50'])} "
-        f"p95 {fmt(st['freshness_p95'])} max {fmt(st['freshness_max'])} (target p95 <= 10 s); lost {st['lost']}, "
-        f"{st['entities_wrong']} entities differ"
+        f"lost updates: fleet {fleet['lost']} ({fleet['entities_wrong']} entities differ from the reference), "
+        f"seed {seed['lost']} of {seed['increments']} increments"
     )
     print(
-        "  steady: "
+        f"steady: {st['events']} events in {st['seconds']:.0f} s ({st['rate']:.0f}/s); write calls/event "
+        f"{st['steady_write_calls_per_event']:.3f} after the first {r['warmup']:.0f} s, "
+        f"{st['write_calls_per_event']:.3f} overall (target <= 0.1)"
+    )
+    print(
+        f"  freshness p50 {fmt(st['freshness_p50'])}, p95 {fmt(st['freshness_p95'])}, max {fmt(st['freshness_max'])} "
+        f"(target p95 <= 10 s; {st['sampled']} events timed, {st['never_visible']} never seen); "
+        f"lost {st['lost']} ({st['entities_wrong']} entities differ)"
+    )
+    print(
+        "  "
         + ", ".join(f"{op} {n}" for op, n in st["by_operation"].items())
-        + f"; entity writes {st['entity_writes']}, races lost {st['conflicts']}, leases moved {st['leases_moved']}"
+        + f"; {st['entity_writes']} entity writes, {st['races_lost']} races lost, {st['alerts_sent']} alerts, "
+        f"leases moved {st['leases_moved']}"
     )
     return {
         "drain_fleet_events_per_s": round(fleet["events_per_s"], 1),
@@ -644,6 +702,7 @@ def report(r: dict[str, Any]) -> dict[str, Any]:
         "fleet_entities_wrong": fleet["entities_wrong"] + st["entities_wrong"],
         "seed_lost_increments": seed["lost"],
         "seed_increments": seed["increments"],
+        "steady_events": st["events"],
         "steady_rate": round(st["rate"], 1),
         "steady_write_calls_per_event": round(st["steady_write_calls_per_event"], 4),
         "overall_write_calls_per_event": round(st["write_calls_per_event"], 4),
@@ -662,18 +721,17 @@ def rnd(value: float | None) -> float | None:
     return round(value, 2) if value is not None else None
 
 
-def args_seconds(st: dict[str, Any]) -> str:
-    return f"{st['events'] / st['rate']:.0f} s"
-
-
-# --- main ---------------------------------------------------------------------------------------------------
-
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--produce"]:
+        url, prefix, rate, path = sys.argv[2:6]
+        asyncio.run(produce(url, prefix, int(rate), path))
+        sys.exit(0)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=20_000, help="pre-loaded events for the fleet's drain")
     parser.add_argument("--seed-events", type=int, default=10_000, help="the seed's subset of them")
     parser.add_argument("--rate", type=int, default=2000, help="events/s in the steady run")
     parser.add_argument("--seconds", type=float, default=30.0, help="length of the steady run")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds of the steady run not counted as steady")
+    parser.add_argument("--phases", default="drain,steady", help="drain (both approaches), steady (fleet)")
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     print(json.dumps(report(asyncio.run(main(parser.parse_args())))))

@@ -7,7 +7,9 @@
 - Every `flush_interval_seconds`, each entity with at least `flush_min_events` pending events, or whose
   oldest pending event has waited `max_delay_seconds`, is written: one compare-and-set UpdateItem for all its
   pending events, whatever their days (`store.py`). Busy entities are written every flush; quiet ones
-  collect several events first. `drain()` writes everything at once.
+  collect several events first; one that other processes write too (its item holds records of shards this one
+  does not read, or it lost a race lately) waits `max_delay_seconds` too, and is read again and written first
+  in its flush, so races stay rare. `drain()` writes everything at once.
 - An entity's write skips records it already holds (watermarks), so replays count once; a write that loses a
   race recomputes from the item it gets back; one that fails is retried at the next flush. Nothing is dropped
   and nothing is acknowledged before it is durable.
@@ -39,6 +41,7 @@ from workers.aggregate.windows import EntityState, Pending, apply, summary
 log = logging.getLogger("fleet.aggregate")
 
 MAX_CONFLICTS = 8  # compare-and-set attempts per entity per flush before it waits for the next flush
+CONTENDED_SECONDS = 60.0  # an entity last seen shared with other writers this long ago is treated as shared
 
 
 class Incoming(NamedTuple):
@@ -105,9 +108,10 @@ class Aggregator:
         self._room.set()
         self._flusher: asyncio.Task[None] | None = None
         self._failures = 0
-        self._sent: dict[
-            EntityKey, tuple[float, dict[str, str]]
-        ] = {}  # sent, still in the outbox: since, rule -> alert
+        # alerts sent but still in their entity's outbox: entity -> (since, rule -> alert)
+        self._sent: dict[EntityKey, tuple[float, dict[str, str]]] = {}
+        self._contended: dict[EntityKey, float] = {}  # entity -> when it was last seen shared with other writers
+        self._sources: set[str] = set()  # the shards this process has read
 
     @property
     def pending_events(self) -> int:
@@ -125,6 +129,7 @@ class Aggregator:
         batch_id = next(self._ids)
         touched: set[EntityKey] = set()
         now = time.monotonic()
+        self._sources.update(r.source for r in records)
         for r in accepted:
             for c in contributions(r.event):
                 pending = self._pending.get(c.entity)
@@ -224,11 +229,9 @@ class Aggregator:
     async def _flush(self, force: bool) -> bool:
         now = time.monotonic()
         cfg = self.config
-        due = [
-            k
-            for k, p in self._pending.items()
-            if force or len(p.items) >= cfg.flush_min_events or now - p.since >= cfg.max_delay_seconds
-        ]
+        for key in [k for k, t in self._contended.items() if now - t >= CONTENDED_SECONDS]:
+            del self._contended[key]
+        due = [k for k, p in self._pending.items() if force or self._due(k, p, now)]
         taken = {k: self._pending.pop(k) for k in due}
         self._events_pending -= sum(len(p.items) for p in taken.values())
         written: list[EntityKey] = []
@@ -236,7 +239,6 @@ class Aggregator:
         if taken:
             started = time.monotonic()
             self.stats.flushes += 1
-            await self._load([k for k in taken if k not in self._cache])
             limit = asyncio.Semaphore(cfg.write_concurrency)
 
             async def one(key: EntityKey) -> None:
@@ -249,7 +251,13 @@ class Aggregator:
                     if sent:
                         outbox[key] = sent
 
-            await asyncio.gather(*(one(k) for k in taken))
+            # Entities other writers share were surely changed since this process last wrote them: read them
+            # again (one call) and write them at once, before the rest, rather than lose a compare-and-set race
+            # on each (a failed write apiece).
+            shared = [k for k in taken if k in self._contended]
+            for wave in (shared, [k for k in taken if k not in self._contended]):
+                await self._load([k for k in wave if k in self._contended or k not in self._cache])
+                await asyncio.gather(*(one(k) for k in wave))
             await self.metrics.emit(
                 Metric("FlushDuration", (time.monotonic() - started) * 1000, "Milliseconds", {"Worker": self.worker}),
                 Metric("EntitiesWritten", len(written), "Count", {"Worker": self.worker}),
@@ -264,12 +272,23 @@ class Aggregator:
         self._failures = 0 if len(written) == len(taken) else self._failures + 1
         return bool(written) or durable or cleared
 
+    def _due(self, key: EntityKey, pending: _EntityPending, now: float) -> bool:
+        """Written at this flush? A busy entity each flush, a quiet one once its oldest event has waited
+        `max_delay_seconds`; one shared with other writers (it holds records of shards this process does not
+        read, or lost a race lately) only then too: each of its writes can cost every other writer a race."""
+        waited = now - pending.since >= self.config.max_delay_seconds
+        if key in self._contended:
+            return waited
+        return waited or len(pending.items) >= self.config.flush_min_events
+
     async def _load(self, keys: list[EntityKey]) -> None:
         if keys:
             for state in (await self.table.load(keys)).values():
                 self._cache_put(state)
 
     def _cache_put(self, state: EntityState) -> None:
+        if not set(state.marks) <= self._sources:
+            self._contended[state.key] = time.monotonic()  # records of shards others read: a shared entity
         self._cache[state.key] = state
         self._cache.move_to_end(state.key)
         while len(self._cache) > self.config.entity_cache:
@@ -300,6 +319,7 @@ class Aggregator:
                 stored = await self.table.write(state, new)
             except Conflict as lost:
                 self.stats.conflicts += 1
+                self._contended[key] = time.monotonic()
                 state = lost.current
                 self._cache_put(state)
                 continue

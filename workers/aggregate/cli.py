@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
@@ -64,11 +65,12 @@ def render(items: list[dict[str, Any]], console: Console) -> None:
                 v = days[day]
                 buckets.add_row(day, str(v.get("s", 0)), str(v.get("i", 0)), str(v.get("n", 0)), str(v.get("r", 0)))
             console.print(buckets)
-        alerts = Table("alert", "last fired (epoch s)", "unsent")
+        alerts = Table("alert", "last fired", "unsent")
         for name, value in sorted(item.items()):
             if name.startswith(ALERTED):
                 rule = name[len(ALERTED) :]
-                alerts.add_row(rule, f"{float(value):.0f}", "yes" if OUTBOX + rule in item else "")
+                fired = datetime.fromtimestamp(float(value), UTC).isoformat(timespec="seconds")
+                alerts.add_row(rule, fired, "yes" if OUTBOX + rule in item else "")
         if alerts.row_count:
             console.print(alerts)
 
