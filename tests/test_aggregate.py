@@ -360,3 +360,43 @@ async def test_the_emulator_applies_each_conditional_write_atomically(fleet: Ser
     # Then every accepted write took effect, each on the value it was computed from
     final = (await ddb.get_item(TableName=table, Key=key, ConsistentRead=True))["Item"]
     assert int(final["n"]["N"]) == int(final["ver"]["N"]) == accepted
+
+
+async def test_an_entitys_events_are_coalesced_into_one_write_per_flush(fleet: Services) -> None:
+    # Given 60 events over 10 days for one student and one tutor, from two shards, in three batches
+    from collections import Counter
+
+    from shared.kinesis.records import StreamRecord
+    from workers.aggregate.events import parse_event
+
+    stage = AggregateStage(fleet, AggregateConfig(flush_interval_seconds=60, max_delay_seconds=60))
+    calls: Counter[str] = Counter()
+    fleet.aws.dynamodb.meta.events.register("before-call.dynamodb", lambda model, **_: calls.update([model.name]))
+    t = now()
+    records = []
+    for i in range(60):
+        e = event(
+            "session_completed",
+            t - timedelta(days=i % 10),
+            f"co-{i}",
+            student_id="st-co",
+            tutor_id="tu-co",
+            tutor_rating=4,
+        )
+        data = json.dumps(e).encode()
+        records.append(StreamRecord("s", f"shard-{i % 2}", str(i + 1), "st-co", data))
+    futures = []
+    for start in (0, 20, 40):
+        batch = [
+            (r, parse_event(r.data, now=t.timestamp(), max_future_seconds=300)) for r in records[start : start + 20]
+        ]
+        futures.append(await stage.submit(batch))
+
+    # When the flush writes them
+    await stage.drain()
+    await asyncio.gather(*futures)
+
+    # Then each entity got one UpdateItem for all its days, and the event ids one batch of markers
+    assert calls["UpdateItem"] == 2
+    assert calls["BatchWriteItem"] == 3  # 60 markers, 25 a call
+    assert (await stored(fleet))[("student", "st-co")]["sessions_14d"] == 60

@@ -234,6 +234,7 @@ class Aggregator:
         due = [k for k, p in self._pending.items() if force or self._due(k, p, now)]
         taken = {k: self._pending.pop(k) for k in due}
         self._events_pending -= sum(len(p.items) for p in taken.values())
+        errors_before = self.stats.write_errors
         written: list[EntityKey] = []
         outbox: dict[EntityKey, dict[str, str]] = {}
         if taken:
@@ -243,7 +244,7 @@ class Aggregator:
 
             async def one(key: EntityKey) -> None:
                 async with limit:
-                    sent = await self._write(key, list(taken[key].items.values()))
+                    sent = await self._write(key, list(taken[key].items.values()), force=force)
                 if sent is None:
                     self._put_back(key, taken[key])
                 else:
@@ -269,7 +270,8 @@ class Aggregator:
         if outbox:
             await self._send_alerts(outbox)
         cleared = await self._clear_sent(older_than=0.0 if force else cfg.max_delay_seconds)
-        self._failures = 0 if len(written) == len(taken) else self._failures + 1
+        errors = self.stats.write_errors - errors_before
+        self._failures = self._failures + 1 if errors else 0  # a race lost is not a failure: no backoff
         return bool(written) or durable or cleared
 
     def _due(self, key: EntityKey, pending: _EntityPending, now: float) -> bool:
@@ -303,7 +305,7 @@ class Aggregator:
             pending.merge(taken)
         self._events_pending += len(self._pending[key].items) - before
 
-    async def _write(self, key: EntityKey, items: list[Pending]) -> dict[str, str] | None:
+    async def _write(self, key: EntityKey, items: list[Pending], *, force: bool) -> dict[str, str] | None:
         """Write an entity's pending events; returns the alerts to send (maybe none), or None if not written."""
         state = self._cache.get(key) or EntityState(key)
         for _ in range(MAX_CONFLICTS):
@@ -322,7 +324,9 @@ class Aggregator:
                 self._contended[key] = time.monotonic()
                 state = lost.current
                 self._cache_put(state)
-                continue
+                if force or not apply(state, items)[1]:
+                    continue  # shutting down, or nothing left to apply (our own write whose reply was lost)
+                return None  # written again at the next flush, with what arrives meanwhile: one call, not two
             except Exception as exc:
                 self.stats.write_errors += 1
                 self._cache.pop(key, None)
