@@ -27,11 +27,8 @@ log = logging.getLogger("fleet")
 @contextlib.asynccontextmanager
 async def open_services(settings: FleetSettings, *, pool_size: int = 20) -> AsyncIterator[Services]:
     async with AwsClients(settings, pool_size=pool_size, read_timeout=settings.defaults.wait_time_seconds + 40) as aws:
-        metrics = Metrics(
-            settings.metrics_mode,
-            settings.metrics_namespace,
-            cloudwatch=aws.cloudwatch if settings.metrics_mode == "cloudwatch" else None,
-        )
+        mode = "emf" if settings.metrics_mode == "auto" else settings.metrics_mode  # (resolved by the settings)
+        metrics = Metrics(mode, settings.metrics_namespace, cloudwatch=aws.cloudwatch if mode == "cloudwatch" else None)
         services = Services(
             settings=settings, aws=aws, metrics=metrics, jobs=JobStore(aws.dynamodb, settings.name_of(JOBS))
         )
@@ -132,12 +129,15 @@ async def send_job(
     kind: str,
     job_id: str | None = None,
     detail: dict[str, Any] | None = None,
+    terminal: str | None = None,
 ) -> str:
-    """Record a job in fleet-jobs and put its message on the queue, tagged with its job id."""
+    """Record a job in fleet-jobs (granting `queue`) and put its message on the queue, tagged with its job id.
+    `terminal`: the worker whose outcome is the job's final status (a one-stage job)."""
     job_id = job_id or new_job_id()
-    await services.jobs.create(job_id, kind, detail)
+    name = services.settings.name_of(queue)
+    await services.jobs.create(job_id, kind, detail, queue=name, terminal=terminal)
     sqs = services.aws.sqs
-    url = (await sqs.get_queue_url(QueueName=services.settings.name_of(queue)))["QueueUrl"]
+    url = (await sqs.get_queue_url(QueueName=name))["QueueUrl"]
     await sqs.send_message(
         QueueUrl=url,
         MessageBody=json.dumps(body),

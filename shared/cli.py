@@ -17,6 +17,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from shared import jobview, local
 from shared.declaration import load
 from shared.logs import configure_logging
 from shared.registry import Registry, UnknownWorker, discover
@@ -41,10 +42,33 @@ def registry() -> Registry:
 
 
 def _settings(**overrides: Any) -> FleetSettings:
+    """The settings every command runs with. With no endpoint configured, an embedded fleet started from
+    another shell (`fleet up --embedded`) is used rather than real AWS, and the command says so."""
+    if "endpoint_url" not in overrides and not (
+        os.environ.get("FLEET_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
+    ):
+        embedded = local.running()
+        if embedded is not None:
+            print(
+                f"fleet: using the embedded fleet at {embedded.url} (`fleet up --embedded`, pid {embedded.pid}); "
+                "set FLEET_ENDPOINT_URL to choose another endpoint",
+                file=sys.stderr,
+            )
+            overrides["endpoint_url"] = embedded.url
+            os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+            os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
     settings = load_settings(**overrides)
     registry().check(settings)
+    if settings.endpoint_url and not local.answers(settings.endpoint_url):
+        raise Unreachable(settings.endpoint_url)
     configure_logging(settings.log_level, settings.log_format)
     return settings
+
+
+class Unreachable(Exception):
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.url = url
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:
@@ -85,16 +109,23 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 0
 
     if args.embedded:
-        return _with_embedded(up)
+        return _with_embedded(up, announce=True)
     return _run(up(_settings()))
 
 
-def _with_embedded(main: Callable[[FleetSettings], Coroutine[Any, Any, int]]) -> int:
+def _with_embedded(main: Callable[[FleetSettings], Coroutine[Any, Any, int]], *, announce: bool = False) -> int:
     from shared.emulator import EmbeddedAws, endpoint_env
 
-    with EmbeddedAws(mode="thread") as aws, endpoint_env(aws.url):
+    with EmbeddedAws(mode="thread", port=local.embedded_port() if announce else 0) as aws, endpoint_env(aws.url):
         console.print(f"embedded AWS emulator (moto) at [bold]{aws.url}[/]")
-        return _run(main(_settings(endpoint_url=aws.url)))
+        if not announce:
+            return _run(main(_settings(endpoint_url=aws.url)))
+        state = local.announce(aws.url)
+        console.print(f"other shells find it through {state}: just run `fleet submit ...`, `fleet status ...`")
+        try:
+            return _run(main(_settings(endpoint_url=aws.url)))
+        finally:
+            local.withdraw(aws.url)
 
 
 # --- bootstrap -----------------------------------------------------------------------------------------
@@ -124,7 +155,30 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 
         print(json.dumps(plan(registry(), settings), indent=2))
         return 0
+    if settings.endpoint_url is None and not args.yes and not _confirm_real_account(settings):
+        return 1
     return _run(_bootstrap(settings))
+
+
+def _confirm_real_account(settings: FleetSettings) -> bool:
+    """Before creating resources in a real AWS account: say which, and ask (or refuse without a terminal)."""
+    from shared.clients import aws_identity
+
+    account, arn = _run_value(aws_identity(settings))
+    count = len(registry().resources())
+    print(
+        f"fleet bootstrap will create or update {count} resources in AWS account {account} "
+        f"({settings.region}) as {arn}.",
+        file=sys.stderr,
+    )
+    if not sys.stdin.isatty():
+        print("fleet: not a terminal to ask in: run `fleet bootstrap --yes` to go ahead", file=sys.stderr)
+        return False
+    return input("Go ahead? [y/N] ").strip().lower() in ("y", "yes")
+
+
+def _run_value(coro: Coroutine[Any, Any, Any]) -> Any:
+    return asyncio.run(coro)
 
 
 # --- submit / status -----------------------------------------------------------------------------------
@@ -138,7 +192,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     async def submit() -> int:
         async with open_services(settings) as services:
             job_id = await args.submit(args, services)
-        print(job_id)
+            print(job_id, flush=True)
+            if args.wait:
+                return await jobview.follow(services.jobs, job_id, console)
         return 0
 
     return _run(submit())
@@ -151,32 +207,18 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     async def status() -> int:
         async with open_services(settings) as services:
-            job = await services.jobs.get(args.id)
-        if job is None:
-            console.print(f"no job {args.id}")
-            return 1
-        render_job(job)
+            try:
+                job_id = await jobview.resolve(services.jobs, args.id)
+                if args.follow:
+                    return await jobview.follow(services.jobs, job_id, console)
+                job, children = await jobview.load(services.jobs, job_id)
+            except jobview.JobNotFound as exc:
+                print(f"fleet: {exc}", file=sys.stderr)
+                return 1
+        console.print(jobview.view(job, children))
         return 0
 
     return _run(status())
-
-
-def render_job(job: dict[str, Any]) -> None:
-    history = job.get("history", [])
-    latest = f"  latest={history[-1]['stage']}:{history[-1]['status']}" if history else ""
-    console.print(
-        f"[bold]job {job['execution_id']}[/]  kind={job.get('kind', '-')}  status={job.get('status', '-')}{latest}"
-    )
-    table = Table("at", "stage", "status", "detail")
-    for entry in job.get("history", []):
-        detail = {k: v for k, v in entry.items() if k not in ("at", "stage", "status")}
-        table.add_row(
-            str(entry.get("at", "")),
-            str(entry.get("stage", "")),
-            str(entry.get("status", "")),
-            ", ".join(f"{k}={v}" for k, v in detail.items()),
-        )
-    console.print(table)
 
 
 # --- dlq / health --------------------------------------------------------------------------------------
@@ -199,9 +241,9 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             dlq_url = (await sqs.get_queue_url(QueueName=settings.name_of(DeadLetters.of(queue))))["QueueUrl"]
             if args.redrive:
                 limit = None if args.limit_given is None else args.limit
-                moved = await redrive(
-                    sqs, dlq_url, source_url, limit=limit, progress=lambda n: console.print(f"  moved {n}", end="\r")
-                )
+                # Progress on a terminal only: piped, the last line says it all.
+                show = (lambda n: console.print(f"  moved {n}…", end="\r")) if console.is_terminal else None
+                moved = await redrive(sqs, dlq_url, source_url, limit=limit, progress=show)
                 console.print(f"moved {moved} message{'s' if moved != 1 else ''} from {source}-dlq back to {source}")
                 return 0
             letters = await peek(sqs, dlq_url, args.limit)
@@ -283,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"fleet {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("worker", help="run one worker until SIGTERM/SIGINT (drains in-flight messages)")
@@ -297,14 +340,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bootstrap", help="create every queue, bucket, table... idempotently")
     p.add_argument("--print", action="store_true", help="print the declared resources as JSON instead")
+    p.add_argument("--yes", action="store_true", help="on real AWS, do not ask before creating anything")
     p.set_defaults(func=cmd_bootstrap)
 
     p = sub.add_parser("submit", help="put a job on its queue and print its id")
-    add_submit_commands(p.add_subparsers(dest="kind", required=True, metavar="KIND"))
+    kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
+    add_submit_commands(kinds)
+    for kind in kinds.choices.values():
+        kind.add_argument("--wait", action="store_true", help="then follow the job until it ends")
     p.set_defaults(func=cmd_submit)
 
-    p = sub.add_parser("status", help="show a job's stage history")
+    p = sub.add_parser("status", help="show a job's stage history (an id, or its first characters)")
     p.add_argument("id")
+    p.add_argument("--follow", "-f", action="store_true", help="show it live until the job ends")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("dlq", help="show a queue's dead letters with their reasons, or move them back")
@@ -326,16 +374,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fleet")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+MISSING = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist", "ResourceNotFoundException", "NoSuchBucket"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+    from shared.errors import error_code
+
     try:
         args = build_parser().parse_args(argv)
         return int(args.func(args))
-    except ConfigError as exc:
+    except (ConfigError, UnknownWorker) as exc:
         print(f"fleet: {exc}", file=sys.stderr)
         return 2
-    except UnknownWorker as exc:
-        print(f"fleet: {exc}", file=sys.stderr)
+    except Unreachable as exc:
+        print(
+            f"fleet: nothing answers at {exc.url} (FLEET_ENDPOINT_URL): is `fleet up --embedded` "
+            "or your emulator running?",
+            file=sys.stderr,
+        )
         return 2
+    except EndpointConnectionError as exc:
+        print(f"fleet: cannot reach AWS: {exc}", file=sys.stderr)
+        return 2
+    except NoCredentialsError:
+        print(
+            "fleet: no AWS credentials, and no embedded fleet running: start `fleet up --embedded`, "
+            "set FLEET_ENDPOINT_URL, or configure AWS credentials",
+            file=sys.stderr,
+        )
+        return 2
+    except ClientError as exc:
+        if error_code(exc) in MISSING:
+            message = exc.response.get("Error", {}).get("Message") or error_code(exc)
+            print(f"fleet: {message}: run `fleet bootstrap` first", file=sys.stderr)
+            return 2
+        raise
     except KeyboardInterrupt:
         return 130
 

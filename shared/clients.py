@@ -149,3 +149,15 @@ class AwsClients:
     @property
     def secretsmanager(self) -> SecretsManagerClient:
         return self._get("secretsmanager")  # type: ignore[no-any-return]
+
+
+async def aws_identity(settings: FleetSettings) -> tuple[str, str]:
+    """The account and principal these settings act as (STS GetCallerIdentity): (account id, ARN)."""
+    async with get_session().create_client(  # type: ignore[call-overload]
+        "sts",
+        region_name=settings.region,
+        config=client_config(2, 10.0, total_attempts=2),
+        **emulator_credentials(settings),
+    ) as sts:
+        identity = await sts.get_caller_identity()
+    return str(identity["Account"]), str(identity["Arn"])

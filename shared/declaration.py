@@ -50,9 +50,10 @@ RUNTIME_QUEUE_ACTIONS = (
     "sqs:DeleteMessage",
     "sqs:ChangeMessageVisibility",
     "sqs:GetQueueAttributes",
+    "sqs:SendMessage",  # a release re-sends the message (shared/settler.py) so it keeps its attempt
 )
-RUNTIME_DLQ_ACTIONS = ("sqs:GetQueueUrl", "sqs:SendMessage")
-RUNTIME_JOB_ACTIONS = ("dynamodb:GetItem", "dynamodb:UpdateItem")
+RUNTIME_DLQ_ACTIONS = ("sqs:GetQueueUrl", "sqs:GetQueueAttributes", "sqs:SendMessage")
+RUNTIME_JOB_ACTIONS = ("dynamodb:UpdateItem",)  # JobsMiddleware; reading a job is the CLI's business
 RUNTIME_METRIC_ACTIONS = ("cloudwatch:PutMetricData",)
 
 

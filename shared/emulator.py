@@ -29,6 +29,14 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import Any, Self
 
+from shared.settings import ConfigError
+
+MISSING_MOTO = (
+    "the embedded AWS emulator needs moto, which this installation leaves out (the production image "
+    "does not ship it): install it with `pip install 'fleet[emulator]'` (make demo and make test do), "
+    "or point FLEET_ENDPOINT_URL at LocalStack or AWS instead"
+)
+
 CHECKED_MOTO = ("5.2.",)  # moto versions whose Queue.delete_message this patch was checked against
 
 log = logging.getLogger("fleet.emulator")
@@ -79,6 +87,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def require_moto() -> None:
+    """Fail with what to install, not a bare ImportError, where moto is not installed."""
+    try:
+        import moto  # noqa: F401
+    except ImportError:
+        raise ConfigError(MISSING_MOTO) from None
+
+
 def wait_until_up(url: str, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     last: Exception | None = None
@@ -109,6 +125,7 @@ class EmbeddedAws:
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Self:
+        require_moto()
         if self.mode == "thread":
             from moto.server import ThreadedMotoServer
 

@@ -60,6 +60,7 @@ class Heartbeat:
         self._tracked: dict[str, _Tracked] = {}  # by receipt handle
         self._in_flight: dict[str, asyncio.Future[None]] = {}  # receipt -> the batch call carrying it
         self._wake = asyncio.Event()
+        self._waking_at: float | None = None  # when the loop will look again (None: when woken)
         self._task: asyncio.Task[None] | None = None
         self.calls = 0
 
@@ -70,7 +71,8 @@ class Heartbeat:
         now = time.monotonic()
         hidden = now + self._visibility - max(0.0, time.time() - message.received_at)
         self._tracked[message.receipt_handle] = _Tracked(message, now + self._interval, hidden)
-        self._wake.set()
+        if self._waking_at is None or now + self._interval < self._waking_at:
+            self._wake.set()  # (the common case, a loop already due to look earlier, costs nothing)
 
     async def forget(self, message: Message) -> None:
         """Stop extending `message`, and wait until no extension of it is still on its way to SQS."""
@@ -92,6 +94,7 @@ class Heartbeat:
         while True:
             if not self._tracked:
                 self._wake.clear()
+                self._waking_at = None
                 await self._wake.wait()
                 continue
             now = time.monotonic()
@@ -99,6 +102,7 @@ class Heartbeat:
             earliest = min((t.next_due for t in self._tracked.values()), default=now + self._interval)
             if earliest > now:
                 self._wake.clear()
+                self._waking_at = earliest
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), earliest - now)
                 continue

@@ -41,13 +41,32 @@ def new_job_id() -> str:
 
 
 class JobStore:
+    """Jobs, and who may touch them.
+
+    A job record names the queues whose messages may record on it (`queues`): `fleet submit` (`send_job`)
+    grants the queue it sends to, a stage handing a job on grants the next queue (`entitle`). A message's
+    `fleet.job-id` is only a claim: `record_stage(..., queue=...)` writes only if the job exists and grants
+    that queue. Nothing here creates a job from a message.
+    """
+
     def __init__(self, dynamodb: DynamoDBClient, table: str) -> None:
         self._ddb = dynamodb
         self.table = table
 
-    async def create(self, job_id: str, kind: str, detail: dict[str, Any] | None = None) -> None:
+    async def create(
+        self,
+        job_id: str,
+        kind: str,
+        detail: dict[str, Any] | None = None,
+        *,
+        queue: str | None = None,
+        terminal: str | None = None,
+        fields: dict[str, Any] | None = None,
+    ) -> None:
+        """Record a new job; `queue` may touch it; `terminal` names the worker whose outcome is its status;
+        `fields` are a kind's own top-level attributes (`children` and `units` for a job made of jobs)."""
         now = now_iso()
-        item = {
+        item: dict[str, Any] = {
             "execution_id": job_id,
             "kind": kind,
             "status": "SUBMITTED",
@@ -58,6 +77,11 @@ class JobStore:
             "history": [{"stage": "submit", "status": "SUBMITTED", "at": now}],
             "detail": detail or {},
         }
+        if queue:
+            item["queues"] = {queue}
+        if terminal:
+            item["terminal"] = terminal
+        item.update(fields or {})
         try:
             await self._ddb.put_item(
                 TableName=self.table,
@@ -68,46 +92,90 @@ class JobStore:
             if not is_conditional_failure(exc):
                 raise
 
-    async def record_stage(self, job_id: str, stage: str, status: str, **data: Any) -> None:
-        """SET progress.<stage> and append to the history; creates the item if no submit did."""
-        now = now_iso()
-        entry = {
-            "stage": stage,
-            "status": status,
-            "at": now,
-            **{k: v for k, v in data.items() if v is not None},
-        }
-        values = to_item({":d": {**entry}, ":h": [entry], ":e": [], ":now": now, ":empty": {}})
-        names = {"#s": stage}
+    async def entitle(self, job_id: str, queue: str) -> bool:
+        """Let messages of `queue` record on an existing job (a stage handing it on). False if no such job."""
         try:
             await self._ddb.update_item(
                 TableName=self.table,
                 Key=to_item({"execution_id": job_id}),
-                UpdateExpression=(
-                    "SET progress.#s = :d, updated_at = :now, history = list_append(if_not_exists(history, :e), :h)"
-                ),
-                ConditionExpression="attribute_exists(progress)",
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues={k: values[k] for k in (":d", ":h", ":e", ":now")},
+                UpdateExpression="ADD queues :q",
+                ConditionExpression="attribute_exists(execution_id)",
+                ExpressionAttributeValues=to_item({":q": {queue}}),
             )
         except ClientError as exc:
             if not is_conditional_failure(exc):
                 raise
-            # No item yet (a message sent without `fleet submit`): create the maps, then retry once.
+            return False
+        return True
+
+    async def link(self, job_id: str, kind: str, match: dict[str, str], path: str, value: Any) -> bool:
+        """SET `path` on a job of `kind` whose `detail` holds `match` (a stage recording what became of a job
+        it did not run, such as the manifests an upload's files went to). False if no such job matches."""
+        names = {"#k": "kind", "#d": "detail", **{f"#p{i}": part for i, part in enumerate(path.split("."))}}
+        values: dict[str, Any] = {":kind": kind, ":v": value}
+        conditions = ["#k = :kind"]
+        for i, (key, expected) in enumerate(match.items()):
+            names[f"#m{i}"] = key
+            values[f":m{i}"] = expected
+            conditions.append(f"#d.#m{i} = :m{i}")
+        target = ".".join(f"#p{i}" for i in range(len(path.split("."))))
+        try:
             await self._ddb.update_item(
                 TableName=self.table,
                 Key=to_item({"execution_id": job_id}),
-                UpdateExpression=(
-                    "SET progress = if_not_exists(progress, :empty), stages = if_not_exists(stages, :empty), "
-                    "created_at = if_not_exists(created_at, :now), #st = if_not_exists(#st, :sub)"
-                ),
-                ExpressionAttributeNames={"#st": "status"},
-                ExpressionAttributeValues={
-                    **{k: values[k] for k in (":empty", ":now")},
-                    **to_item({":sub": "SUBMITTED"}),
-                },
+                UpdateExpression=f"SET {target} = :v",
+                ConditionExpression=" AND ".join(conditions),
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=to_item(values),
             )
-            await self.record_stage(job_id, stage, status, **data)
+        except ClientError as exc:
+            if not is_conditional_failure(exc):
+                raise
+            return False
+        return True
+
+    async def record_stage(
+        self,
+        job_id: str,
+        stage: str,
+        status: str,
+        *,
+        queue: str | None = None,
+        final: str | None = None,
+        **data: Any,
+    ) -> dict[str, Any] | None:
+        """SET progress.<stage> and append to the history (and SET the job's `status` to `final`).
+
+        Only on an existing job, and with `queue`, only if the job grants that queue: returns the job as it
+        is after the update, or None when it may not be touched."""
+        now = now_iso()
+        entry = {"stage": stage, "status": status, "at": now, **{k: v for k, v in data.items() if v is not None}}
+        values: dict[str, Any] = {":d": entry, ":h": [entry], ":e": [], ":now": now}
+        update = "SET progress.#s = :d, updated_at = :now, history = list_append(if_not_exists(history, :e), :h)"
+        names = {"#s": stage}
+        condition = "attribute_exists(progress)"
+        if queue is not None:
+            condition += " AND contains(queues, :q)"
+            values[":q"] = queue
+        if final is not None:
+            update += ", #st = :final"
+            names["#st"] = "status"
+            values[":final"] = final
+        try:
+            resp = await self._ddb.update_item(
+                TableName=self.table,
+                Key=to_item({"execution_id": job_id}),
+                UpdateExpression=update,
+                ConditionExpression=condition,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=to_item(values),
+                ReturnValues="ALL_NEW",
+            )
+        except ClientError as exc:
+            if not is_conditional_failure(exc):
+                raise
+            return None
+        return from_item(dict(resp.get("Attributes", {})))
 
     async def get(self, job_id: str) -> dict[str, Any] | None:
         resp = await self._ddb.get_item(
@@ -115,3 +183,21 @@ class JobStore:
         )
         item = resp.get("Item")
         return from_item(item) if item else None
+
+    async def find(self, prefix: str, limit: int = 2) -> list[str]:
+        """Ids of jobs starting with `prefix` (for `fleet status 8c1f2a07`); a scan: an operator's tool."""
+        found: list[str] = []
+        kwargs: dict[str, Any] = {}
+        while len(found) < limit:
+            resp = await self._ddb.scan(
+                TableName=self.table,
+                ProjectionExpression="execution_id",
+                FilterExpression="begins_with(execution_id, :p)",
+                ExpressionAttributeValues=to_item({":p": prefix}),
+                **kwargs,
+            )
+            found += [from_item(i)["execution_id"] for i in resp.get("Items", [])]
+            if "LastEvaluatedKey" not in resp:
+                break
+            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        return found[:limit]

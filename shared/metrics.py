@@ -23,8 +23,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fleet.metrics")
 
-Unit = Literal["Count", "Seconds", "Milliseconds", "Bytes", "None", "Percent"]
+Unit = Literal["Count", "Seconds", "Milliseconds", "Bytes", "None", "Percent", "Megabits/Second"]
 PUT_BATCH = 1000  # PutMetricData accepts up to 1,000 metrics per call
+EMF_VALUES = 100  # values per metric in one EMF document
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,12 @@ class Metric:
 
 
 class Metrics:
-    """A sink for metrics; `emit` never raises — metrics are nice-to-have."""
+    """A sink for metrics; `emit` never raises — metrics are nice-to-have.
+
+    Both modes buffer: `emit` only appends. A timer flushes every `flush_every` seconds (1 s for EMF, 10 s
+    for PutMetricData), so does a full buffer and `close()` at shutdown: per message, a metric costs a list
+    append, not a JSON document or an API call.
+    """
 
     def __init__(
         self,
@@ -46,7 +52,7 @@ class Metrics:
         *,
         cloudwatch: CloudWatchClient | None = None,
         stream: IO[str] | None = None,
-        flush_every: float = 10.0,
+        flush_every: float | None = None,
     ) -> None:
         if mode == "cloudwatch" and cloudwatch is None:
             raise ValueError("metrics mode 'cloudwatch' needs a CloudWatch client")
@@ -55,14 +61,13 @@ class Metrics:
         self._cloudwatch = cloudwatch
         self._stream = stream
         self._buffer: list[Metric] = []
-        self._flush_every = flush_every
-        self._last_flush = time.monotonic()
+        self._flush_every = flush_every if flush_every is not None else (1.0 if mode == "emf" else 10.0)
         self._lock = asyncio.Lock()
         self._timer: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         """Flush on a timer too: an idle worker must not keep its last metrics buffered."""
-        if self.mode == "cloudwatch" and self._timer is None:
+        if self.mode != "off" and self._timer is None:
             self._timer = asyncio.create_task(self._flush_periodically(), name="fleet-metrics")
 
     async def close(self) -> None:
@@ -83,21 +88,22 @@ class Metrics:
     async def emit(self, *metrics: Metric) -> bool:
         if self.mode == "off" or not metrics:
             return True
-        if self.mode == "emf":
-            for line in emf_lines(self.namespace, metrics):
-                print(line, file=self._stream or sys.stdout, flush=True)
-            return True
         self._buffer.extend(metrics)
-        if len(self._buffer) >= PUT_BATCH or time.monotonic() - self._last_flush >= self._flush_every:
+        if len(self._buffer) >= PUT_BATCH:
             return await self.flush()
         return True
 
     async def flush(self) -> bool:
-        if self.mode != "cloudwatch" or self._cloudwatch is None:
+        if self.mode == "off" or not self._buffer:
             return True
+        pending, self._buffer = self._buffer, []
+        if self.mode == "emf":
+            out = self._stream or sys.stdout
+            for line in emf_lines(self.namespace, pending):
+                print(line, file=out, flush=True)
+            return True
+        assert self._cloudwatch is not None
         async with self._lock:
-            pending, self._buffer = self._buffer, []
-            self._last_flush = time.monotonic()
             ok = True
             for start in range(0, len(pending), PUT_BATCH):
                 chunk = pending[start : start + PUT_BATCH]
@@ -122,26 +128,34 @@ def _datum(metric: Metric) -> MetricDatumTypeDef:
 
 
 def emf_lines(namespace: str, metrics: tuple[Metric, ...] | list[Metric]) -> list[str]:
-    """One EMF document per distinct dimension set (EMF requires one value per metric name per set)."""
-    groups: dict[tuple[tuple[str, str], ...], list[Metric]] = {}
+    """EMF documents: one per distinct dimension set, each metric's values as an array (EMF takes up to
+    100 values per metric in a document; CloudWatch counts each as a data point)."""
+    groups: dict[tuple[tuple[str, str], ...], dict[str, tuple[Unit, list[float]]]] = {}
+    first: dict[tuple[tuple[str, str], ...], float] = {}
     for metric in metrics:
-        groups.setdefault(tuple(sorted(metric.dimensions.items())), []).append(metric)
+        dims = tuple(sorted(metric.dimensions.items()))
+        first.setdefault(dims, metric.timestamp)
+        group = groups.setdefault(dims, {})
+        group.setdefault(metric.name, (metric.unit, []))[1].append(metric.value)
     lines = []
     for dims, group in groups.items():
-        doc: dict[str, Any] = {
-            "_aws": {
-                "Timestamp": int(group[0].timestamp * 1000),
-                "CloudWatchMetrics": [
-                    {
-                        "Namespace": namespace,
-                        "Dimensions": [[k for k, _ in dims]],
-                        "Metrics": [{"Name": m.name, "Unit": m.unit} for m in group],
-                    }
-                ],
-            },
-            **dict(dims),
-        }
-        for m in group:
-            doc[m.name] = m.value
-        lines.append(json.dumps(doc))
+        for start in range(0, max(len(v) for _, v in group.values()), EMF_VALUES):
+            names = {name: (unit, values[start : start + EMF_VALUES]) for name, (unit, values) in group.items()}
+            names = {name: uv for name, uv in names.items() if uv[1]}
+            doc: dict[str, Any] = {
+                "_aws": {
+                    "Timestamp": int(first[dims] * 1000),
+                    "CloudWatchMetrics": [
+                        {
+                            "Namespace": namespace,
+                            "Dimensions": [[k for k, _ in dims]],
+                            "Metrics": [{"Name": name, "Unit": unit} for name, (unit, _) in names.items()],
+                        }
+                    ],
+                },
+                **dict(dims),
+            }
+            for name, (_, values) in names.items():
+                doc[name] = values[0] if len(values) == 1 else values
+            lines.append(json.dumps(doc))
     return lines

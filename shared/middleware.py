@@ -4,6 +4,7 @@ stages never repeat them."""
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from shared.fate import Fate, Outcome
@@ -50,6 +51,13 @@ UNSETTLED = {
 
 
 class LogMiddleware(Middleware):
+    """One line per failure, release or loss; successes at DEBUG unless `successes` (FLEET_LOG_SUCCESSES):
+    at a thousand messages a second a line per success costs CPU and CloudWatch Logs ingestion, and the
+    worker logs a summary of its successes every minute instead."""
+
+    def __init__(self, successes: bool = False) -> None:
+        self.success_level = logging.INFO if successes else logging.DEBUG
+
     async def before(self, ctx: Context) -> None:
         log.debug("message started")
 
@@ -66,6 +74,9 @@ class LogMiddleware(Middleware):
             log.error("message lost: stopped its handler", extra=fields)
         elif not result.settled:
             log.error(UNSETTLED[fate.outcome], extra={**fields, "consequence": "SQS will deliver it again"})
+        elif fate.outcome is Outcome.SUCCEEDED:
+            if log.isEnabledFor(self.success_level):
+                log.log(self.success_level, "message succeeded", extra=fields)
         else:
             log.log(LEVELS[fate.outcome], f"message {fate.outcome.label}", extra=fields)
 
@@ -73,21 +84,22 @@ class LogMiddleware(Middleware):
 class MetricsMiddleware(Middleware):
     async def after(self, ctx: Context, result: Result) -> None:
         dims = {"Worker": ctx.worker}
+        now = time.time()
         outcome = result.outcome
-        metrics = [Metric("HandlerDuration", result.duration * 1000, "Milliseconds", dims)]
+        metrics = [Metric("HandlerDuration", result.duration * 1000, "Milliseconds", dims, now)]
         if outcome is Outcome.SUCCEEDED:
-            metrics.append(Metric("MessagesProcessed", 1, "Count", dims))
+            metrics.append(Metric("MessagesProcessed", 1, "Count", dims, now))
         elif outcome in (Outcome.RETRYING, Outcome.DEAD_LETTERED):
-            metrics.append(Metric("MessagesFailed", 1, "Count", dims))
+            metrics.append(Metric("MessagesFailed", 1, "Count", dims, now))
         if outcome is Outcome.DEAD_LETTERED:
-            metrics.append(Metric("MessagesDeadLettered", 1, "Count", dims))
+            metrics.append(Metric("MessagesDeadLettered", 1, "Count", dims, now))
         if outcome is Outcome.LOST:
-            metrics.append(Metric("MessagesLost", 1, "Count", dims))
+            metrics.append(Metric("MessagesLost", 1, "Count", dims, now))
         if not result.settled:
-            metrics.append(Metric("SettleFailed", 1, "Count", dims))
-        lag = ctx.message.lag_seconds
-        if lag is not None and ctx.attempt == 1:
-            metrics.append(Metric("QueueLag", lag, "Seconds", dims))
+            metrics.append(Metric("SettleFailed", 1, "Count", dims, now))
+        sent = ctx.message.sent_at
+        if sent is not None and ctx.attempt == 1:
+            metrics.append(Metric("QueueLag", max(0.0, now - sent), "Seconds", dims, now))
         await ctx.services.metrics.emit(*metrics)
 
 
@@ -101,33 +113,58 @@ JOB_STATUS = {
 
 
 class JobsMiddleware(Middleware):
-    """Messages that carry a `fleet.job-id` attribute get their stage transitions recorded in fleet-jobs."""
+    """Messages whose `fleet.job-id` names a job that grants their queue get their stage transitions recorded
+    in fleet-jobs. A claim on a job that does not exist, or does not grant this queue, is ignored and logged:
+    a message touches only a job it is entitled to."""
 
     async def before(self, ctx: Context) -> None:
-        if ctx.job_id:
-            await self._record(ctx, "RUNNING")
+        claimed = ctx.message.job_id
+        if not claimed:
+            return
+        job = await self._record(ctx, claimed, "RUNNING")
+        if job is None:
+            log.warning("fleet.job-id names a job this queue may not touch: ignored", extra={"claimed_job": claimed})
+            return
+        ctx.job_id = claimed
+        ctx.job_kind = str(job.get("kind", ""))
+        ctx.job_terminal = job.get("terminal") == ctx.worker
 
     async def after(self, ctx: Context, result: Result) -> None:
         if not ctx.job_id:
             return
         fate = result.fate
+        status = JOB_STATUS[fate.outcome]
+        final = status if ctx.job_terminal and fate.outcome in (Outcome.SUCCEEDED, Outcome.DEAD_LETTERED) else None
         await self._record(
             ctx,
-            JOB_STATUS[fate.outcome],
+            ctx.job_id,
+            status,
+            final=final,
             error=fate.error.reason if fate.error else None,
             settle_failed=None if result.settled else UNSETTLED.get(fate.outcome),
         )
 
-    async def _record(self, ctx: Context, status: str, **data: object) -> None:
-        assert ctx.job_id is not None
+    async def _record(
+        self, ctx: Context, job_id: str, status: str, final: str | None = None, **data: object
+    ) -> dict[str, object] | None:
         try:
-            await ctx.services.jobs.record_stage(
-                ctx.job_id, ctx.worker, status, attempt=ctx.attempt, message_id=ctx.message.id, **data
+            return await ctx.services.jobs.record_stage(
+                job_id,
+                ctx.worker,
+                status,
+                queue=ctx.queue,
+                final=final,
+                attempt=ctx.attempt,
+                message_id=ctx.message.id,
+                **data,
             )
         except Exception as exc:
             # Tracking must not change a message's fate; the stage's own result is what counts.
             log.warning("job status not recorded", extra={"error": str(exc)})
+            return None
 
 
-def default_middleware() -> list[Middleware]:
-    return [LogMiddleware(), MetricsMiddleware(), JobsMiddleware()]
+def default_middleware(log_successes: bool = False) -> list[Middleware]:
+    from shared.protection import ProtectionMiddleware  # it builds on this module
+
+    return [LogMiddleware(log_successes), MetricsMiddleware(), JobsMiddleware(), ProtectionMiddleware()]

@@ -26,7 +26,6 @@ import contextlib
 import logging
 import os
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -52,6 +51,8 @@ log = logging.getLogger("fleet.runtime")
 
 REMEMBERED = 10_000  # settled message ids kept, to recognise a redelivery whose delete failed
 SETTLE_TIMEOUT = 10.0  # seconds pending deletes get at shutdown
+BAD_JOB_ID = "fleet.job-id is not a job id (letters, digits, - and _, at most 128)"
+SUMMARY_SECONDS = 60  # a worker logs what it did every minute (successes are not logged one by one)
 
 
 @dataclass
@@ -106,9 +107,12 @@ class Worker:
         self.name = stage.name
         self.tuning = tuning or services.settings.tuning(stage.name)
         self.queue_url = queue_url
+        self.queue_name = queue_url.rsplit("/", 1)[-1]
         self.dlq_url = dlq_url
         self.burst = burst
-        self.middleware = list(default_middleware() if middleware is None else middleware)
+        self.middleware = list(
+            default_middleware(services.settings.log_successes) if middleware is None else middleware
+        )
         self.stats = RunStats()
         self._sqs = services.aws.sqs
         self._settler = Settler(
@@ -122,19 +126,22 @@ class Worker:
             on_lost=self._lost,
         )
         self._runs: dict[str, _Run] = {}  # by receipt handle
-        self._settled: OrderedDict[str, Outcome] = OrderedDict()  # message id -> outcome, most recent last
+        self._settled: dict[str, Outcome] = {}  # message id -> outcome, most recent last
         self._tasks: set[asyncio.Task[None]] = set()
-        self._settling: set[asyncio.Future[None]] = set()
+        self._settling: set[asyncio.Task[None]] = set()  # tasks applying a fate: never cancelled
         self._open_poll: asyncio.Task[list[MessageTypeDef]] | None = None
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._stop_now = asyncio.Event()
+        self._stopped: asyncio.Future[None] | None = None
         self._stop_deadline = 0.0
         self._last_poll = time.time()
         self._poll_failures = 0
         self._last_error = ""
         self._status = "starting"
         self._tick_pending = False
+        self._ticked_at = 0.0  # monotonic: when the last tick finished
+        self._settled_at = 0.0  # monotonic: when the last message was settled
 
     @classmethod
     async def create(cls, stage: Stage[Any], services: Services, *, queue: Queue, **kwargs: Any) -> Worker:
@@ -157,6 +164,8 @@ class Worker:
                 extra={"worker": self.name, "in_flight": len(self._tasks)},
             )
         self._stopping.set()
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
 
     async def run(self) -> RunStats:
         threads.install(asyncio.get_running_loop())
@@ -206,7 +215,7 @@ class Worker:
                 self._last_poll = time.time()  # saturated, not stuck
                 continue
             poll = asyncio.create_task(self._receive(min(self.tuning.batch_size, free)))
-            if not await self._unless_stopped(asyncio.shield(poll)):
+            if not await self._unless_stopped(poll, cancel=False):
                 # Never abandon an open poll: SQS would hand its messages to a connection nobody reads and
                 # hide them for the whole visibility timeout (aws-sdk-go-v2#2068). Release them instead.
                 self._open_poll = poll
@@ -224,6 +233,7 @@ class Worker:
                 if (
                     not self._tasks
                     and not self._tick_pending
+                    and self._ticked_since_last_settle()
                     and time.monotonic() - idle_since >= self.tuning.burst_idle_seconds
                     and await self._queue_is_empty()
                 ):
@@ -254,21 +264,27 @@ class Worker:
         self._last_poll = time.time()
         return list(resp.get("Messages", []))
 
-    async def _unless_stopped(self, aw: Awaitable[Any], within: float | None = None) -> bool:
-        """Await `aw` until it finishes (True), a stop is requested or `within` seconds pass (False, `aw` cancelled)."""
+    async def _unless_stopped(self, aw: Awaitable[Any], within: float | None = None, *, cancel: bool = True) -> bool:
+        """Await `aw` until it finishes (True), or a stop is requested or `within` seconds pass (False; `aw` is
+        then cancelled, unless `cancel=False`)."""
         task = asyncio.ensure_future(aw)
-        stop = asyncio.create_task(self._stopping.wait())
-        try:
-            done, _ = await asyncio.wait({task, stop}, timeout=within, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
+        done, _ = await asyncio.wait({task, self._stop_signal()}, timeout=within, return_when=asyncio.FIRST_COMPLETED)
         if task in done:
             task.result()
             return True
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+        if cancel:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         return False
+
+    def _stop_signal(self) -> asyncio.Future[None]:
+        """One future for the worker's whole life, resolved by `stop()`: waiting on it costs no task."""
+        if self._stopped is None:
+            self._stopped = asyncio.get_running_loop().create_future()
+            if self._stopping.is_set():
+                self._stopped.set_result(None)
+        return self._stopped
 
     async def _queue_is_empty(self) -> bool:
         try:
@@ -286,6 +302,11 @@ class Worker:
             log.warning("could not check whether the queue is empty; polling on", extra={"error": str(exc)})
             return False
         return all(int(v) == 0 for v in attrs.values())
+
+    def _ticked_since_last_settle(self) -> bool:
+        """A burst ends only once a tick has run after the last message: the tick's verdict (`tick_pending`) is
+        about work that message may have created (ingest's manifest for its file)."""
+        return not isinstance(self.stage, Ticking) or self._ticked_at > self._settled_at
 
     def _start(self, raw: MessageTypeDef) -> None:
         self.stats.received += 1
@@ -306,9 +327,15 @@ class Worker:
 
     async def _process(self, message: Message) -> None:
         with log_context(worker=self.name, message_id=message.id, job_id=message.job_id, attempt=message.attempt):
-            ctx = Context(worker=self.name, message=message, services=self.services, tuning=self.tuning)
+            ctx = Context(
+                worker=self.name, message=message, services=self.services, tuning=self.tuning, queue=self.queue_name
+            )
             started = time.monotonic()
             try:
+                if message.job_id_malformed:
+                    raise Poison(
+                        "fleet.job-id is not a job id (letters, digits, - and _, at most 128)", code="BAD_JOB_ID"
+                    )
                 parsed = self.stage.parse(message.body)
             except Exception as exc:
                 poison = exc if isinstance(exc, Poison) else Poison(f"unparseable message: {exc}")
@@ -402,11 +429,15 @@ class Worker:
                 self.stats.settle_failed += 1
 
     async def _settle(self, ctx: Context, fate: Fate, started: float) -> None:
-        """Apply the message's fate, shielded so a cancellation cannot lose it halfway."""
-        task = asyncio.ensure_future(self._apply(ctx, fate, started))
+        """Apply the message's fate. A task that is settling is never cancelled by a drain (`_drain`), so a
+        settle cannot be lost halfway; it runs inline, without a task of its own."""
+        task = asyncio.current_task()
+        assert task is not None
         self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
-        await asyncio.shield(task)
+        try:
+            await self._apply(ctx, fate, started)
+        finally:
+            self._settling.discard(task)
 
     async def _apply(self, ctx: Context, fate: Fate, started: float) -> None:
         message = ctx.message
@@ -431,6 +462,7 @@ class Worker:
             log.error("the DLQ refused the message; it stays on its queue", extra={"error": str(exc)})
             settled = False
             fate = Fate(Outcome.RETRYING, fate.error, delay=self.tuning.visibility_timeout, note=str(exc)[:200])
+        self._settled_at = time.monotonic()
         if fate.outcome in (Outcome.SUCCEEDED, Outcome.DEAD_LETTERED):
             self._remember(message.id, fate.outcome)
         self._count(fate.outcome, settled)
@@ -442,10 +474,9 @@ class Worker:
                 log.warning("middleware failed", extra={"middleware": type(mw).__name__, "error": str(exc)})
 
     def _remember(self, message_id: str, outcome: Outcome) -> None:
-        self._settled[message_id] = outcome
-        self._settled.move_to_end(message_id)
-        while len(self._settled) > REMEMBERED:
-            self._settled.popitem(last=False)
+        self._settled[message_id] = outcome  # (a dict keeps insertion order: the oldest comes first)
+        if len(self._settled) > REMEMBERED:
+            del self._settled[next(iter(self._settled))]
 
     def _count(self, outcome: Outcome, settled: bool) -> None:
         stats = self.stats
@@ -474,8 +505,19 @@ class Worker:
         poll, self._open_poll = self._open_poll, None
         if poll is None:
             return
+        # Waited for (at most a long poll), unless told to stop now (a second Ctrl-C): then its messages, if
+        # any, come back after their visibility timeout.
+        now = asyncio.create_task(self._stop_now.wait())
+        done, _ = await asyncio.wait(
+            {poll, now}, timeout=self.tuning.wait_time_seconds + 10, return_when="FIRST_COMPLETED"
+        )
+        now.cancel()
+        if poll not in done:
+            poll.cancel()
+            log.warning("stopped without waiting for the open poll")
+            return
         try:
-            messages = await asyncio.wait_for(poll, self.tuning.wait_time_seconds + 10)
+            messages = poll.result()
         except Exception as exc:
             log.warning("the poll open at stop did not finish", extra={"error": str(exc)})
             return
@@ -497,13 +539,13 @@ class Worker:
                 all_done.cancel()
                 now.cancel()
             pending = {t for t in self._tasks if not t.done()}
-            for task in pending:
+            for task in pending - self._settling:
                 task.cancel()
-            if pending:
-                log.warning("drain timeout: releasing unfinished messages", extra={"released": len(pending)})
+            if pending - self._settling:
+                log.warning(
+                    "drain timeout: releasing unfinished messages", extra={"released": len(pending - self._settling)}
+                )
             await asyncio.gather(*pending, return_exceptions=True)
-        if self._settling:
-            await asyncio.gather(*self._settling, return_exceptions=True)
 
     # --- time-driven work -------------------------------------------------------------------------
 
@@ -511,19 +553,29 @@ class Worker:
         assert isinstance(self.stage, Ticking)
         while True:
             with log_context(worker=self.name):
+                started = time.monotonic()
                 try:
                     self._tick_pending = await self.stage.tick()
                 except Exception as exc:
                     self._tick_pending = True
                     log.warning("tick failed", extra={"error": str(exc)}, exc_info=exc)
+                self._ticked_at = started  # a tick that began after a settle has seen that message's work
             await asyncio.sleep(self.stage.tick_interval)
 
     # --- health ----------------------------------------------------------------------------------
 
     async def _health_loop(self) -> None:
+        reported = RunStats()
+        last_summary = time.monotonic()
         while True:
             self._write_health()
             await asyncio.sleep(5)
+            if time.monotonic() - last_summary >= SUMMARY_SECONDS:
+                since = {k: v - getattr(reported, k) for k, v in vars(self.stats).items()}
+                if since["received"]:
+                    with log_context(worker=self.name):
+                        log.info("worker summary", extra={"seconds": SUMMARY_SECONDS, **since})
+                reported, last_summary = RunStats(**vars(self.stats)), time.monotonic()
 
     def _write_health(self) -> None:
         try:

@@ -38,7 +38,8 @@ class WorkerTuning(BaseModel):
 
     concurrency: int = Field(10, ge=1, le=1000, description="messages handled at once")
     batch_size: int = Field(10, ge=1, le=10, description="messages per ReceiveMessage")
-    wait_time_seconds: int = Field(20, ge=0, le=20, description="long-poll wait")
+    # 0 would be short polling: on an empty queue, thousands of empty receives a minute, each one billed.
+    wait_time_seconds: int = Field(20, ge=1, le=20, description="long-poll wait")
     visibility_timeout: int = Field(30, ge=1, le=43_200, description="seconds a received message stays hidden")
     heartbeat_interval: float | None = Field(
         None, gt=0, description="seconds between visibility extensions (default: a third of the timeout)"
@@ -107,8 +108,16 @@ class FleetSettings(BaseSettings):
     prefix: str = Field("", pattern=r"^[A-Za-z0-9_-]{0,20}$", description="prepended to every resource name")
     environment: str = Field("local", max_length=64)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["json", "text"] = "json"
-    metrics_mode: Literal["emf", "cloudwatch", "off"] = "emf"
+    log_format: Literal["json", "text", "auto"] = Field(
+        "auto", description="auto: readable text against an emulator (a local run), JSON on AWS"
+    )
+    log_successes: bool = Field(
+        False, description="a log line per successful message (else a summary per worker every minute)"
+    )
+    metrics_mode: Literal["emf", "cloudwatch", "off", "auto"] = Field(
+        "auto",
+        description="auto: EMF lines on AWS; PutMetricData against an emulator (no EMF lines among the logs)",
+    )
     metrics_namespace: str = "Fleet"
     health_dir: str = "/tmp/fleet-health"
 
@@ -140,10 +149,22 @@ class FleetSettings(BaseSettings):
             except ValidationError as exc:
                 for err in exc.errors():
                     field = ".".join(str(p) for p in err["loc"])
-                    problems.append(f"{worker}: {field + ': ' if field else ''}{err['msg']}")
+                    where = "__".join(
+                        ["FLEET_WORKERS", worker, *field.split(".")] if field else ["FLEET_WORKERS", worker]
+                    )
+                    problems.append(f"{where.upper()}: {err['msg'].removeprefix('Value error, ')}")
         if problems:
             raise ValueError("; ".join(problems))
         return workers
+
+    @model_validator(mode="after")
+    def _local_defaults(self) -> Self:
+        local = self.endpoint_url is not None
+        if self.log_format == "auto":
+            self.log_format = "text" if local else "json"
+        if self.metrics_mode == "auto":
+            self.metrics_mode = "cloudwatch" if local else "emf"
+        return self
 
     @model_validator(mode="after")
     def _endpoint_is_url(self) -> Self:
@@ -180,7 +201,11 @@ def config_error(exc: ValidationError, env_prefix: str = "FLEET_", nested: str =
     problems = []
     for err in exc.errors():
         where = env_prefix + nested.join(str(p).upper() for p in err["loc"]) if err["loc"] else "settings"
-        problems.append(f"  {where}: {err['msg'].removeprefix('Value error, ')}")
+        message = err["msg"].removeprefix("Value error, ")
+        if message.startswith(env_prefix):  # already names its variables (per-worker overrides)
+            problems += [f"  {part}" for part in message.split("; ")]
+        else:
+            problems.append(f"  {where}: {message}")
     return ConfigError("invalid configuration:\n" + "\n".join(problems))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 M = TypeVar("M", bound=BaseModel)
 
 JOB_ID_ATTRIBUTE = attrs.JOB_ID
+JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")  # UUIDs, or a producer's own ids; never a path
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,15 @@ class Message:
 
     @property
     def job_id(self) -> str | None:
-        return self.attribute(JOB_ID_ATTRIBUTE)
+        """The `fleet.job-id` the producer claims, if it is a well-formed id. Claimed, not granted: the runtime
+        records on that job only if the job lets this queue touch it (`Context.job_id`)."""
+        value = self.attribute(JOB_ID_ATTRIBUTE)
+        return value if value is not None and JOB_ID.fullmatch(value) else None
+
+    @property
+    def job_id_malformed(self) -> bool:
+        value = self.attribute(JOB_ID_ATTRIBUTE)
+        return value is not None and not JOB_ID.fullmatch(value)
 
     @property
     def lag_seconds(self) -> float | None:
@@ -108,14 +118,16 @@ class Context:
     message: Message
     services: Services
     tuning: WorkerTuning
+    queue: str = ""  # the name of the queue the message came from
+    # The job this message may record on: its `fleet.job-id`, once the job record confirmed this queue may
+    # touch it (JobsMiddleware). None for a message without a job, or one claiming a job it may not touch.
+    job_id: str | None = None
+    job_kind: str | None = None
+    job_terminal: bool = False  # this worker's outcome is the job's final status
 
     @property
     def attempt(self) -> int:
         return self.message.attempt
-
-    @property
-    def job_id(self) -> str | None:
-        return self.message.job_id
 
 
 class Stage(Protocol[M]):

@@ -66,11 +66,13 @@ def aws_endpoint() -> Iterator[str]:
 
 
 @pytest.fixture(autouse=True)
-def isolated_env(monkeypatch: pytest.MonkeyPatch, aws_endpoint: str) -> None:
-    """No test may ever reach a real account: strip AWS_*/FLEET_* and point at the emulator."""
+def isolated_env(monkeypatch: pytest.MonkeyPatch, aws_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No test may ever reach a real account: strip AWS_*/FLEET_* and point at the emulator. Nor may it find,
+    or announce, the embedded fleet of the user running the tests (`fleet up --embedded`'s state file)."""
     for key in list(os.environ):
         if key.startswith(("AWS_", "FLEET_")):
             monkeypatch.delenv(key)
+    monkeypatch.setenv("FLEET_STATE_DIR", str(tmp_path_factory.mktemp("state")))
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")

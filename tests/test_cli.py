@@ -48,8 +48,11 @@ async def test_submit_then_work_then_status_shows_the_stage_history(fleet_servic
     # Then `fleet status` shows each transition of the job
     status = await fleet(settings, "status", job_id)
     assert status.returncode == 0
-    for word in ("SUBMITTED", "RUNNING", "ECHOED", "SUCCEEDED", "hello world"):
+    for word in ("SUBMITTED", "RUNNING", "ECHOED", "SUCCEEDED", "chars=11"):
         assert word in status.stdout
+    # And a finished job shows its final status, while the text itself (the producer's) was never stored
+    assert "status=SUCCEEDED" in status.stdout.splitlines()[0]
+    assert "hello world" not in status.stdout
     missing = await fleet(settings, "status", str(uuid.uuid4()))
     assert missing.returncode == 1
 

@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from tests.helpers import drain_queue, fast_tuning, queue_urls, send
 from tests.test_process import run_fleet
 from workers.compact.config import CompactConfig
 from workers.compact.stage import CompactStage
+from workers.echo import ECHO
 from workers.finalizer.resources import FINALIZE
 from workers.ingest.config import IngestConfig
 from workers.ingest.layout import Manifest
@@ -267,17 +269,13 @@ async def test_a_source_changed_or_deleted_after_its_notification_is_reported_no
 
 
 async def test_a_job_naming_another_key_or_a_missing_manifest_is_dead_lettered(fleet: Services) -> None:
-    # Given a job whose manifest key is not the one its id names, and a job for a manifest never written
-    mid = "0b7e7c1e-9a7d-4a43-9c51-0a5a3c2d9f10"
+    # Given a job whose manifest key is not the one its id names, and a manifest job (as ingest records it)
+    # whose manifest was never written
+    mid = str(uuid.uuid4())
     url, dlq = await queue_urls(fleet, COMPACT)
+    await fleet.jobs.create(mid, "manifest", queue=fleet.settings.name_of(COMPACT))
     await send(fleet, url, [{"manifest_id": mid, "date_prefix": DATE, "manifest_key": "incoming/secret.json"}])
-    await fleet.aws.sqs.send_message(
-        QueueUrl=url,
-        MessageBody=json.dumps(
-            {"manifest_id": mid, "date_prefix": DATE, "manifest_key": f"manifests/{DATE}/{mid}.json"}
-        ),
-        MessageAttributes={"fleet.job-id": {"DataType": "String", "StringValue": mid}},
-    )
+    await send(fleet, url, [{"manifest_id": mid, "date_prefix": DATE, "manifest_key": f"manifests/{DATE}/{mid}.json"}])
 
     # When the compact worker runs
     await run(CompactStage(fleet), fleet)
@@ -288,7 +286,37 @@ async def test_a_job_naming_another_key_or_a_missing_manifest_is_dead_lettered(f
     assert codes == ["INVALID", "MANIFEST_NOT_FOUND"]
     finalize_url = (await fleet.aws.sqs.get_queue_url(QueueName=fleet.settings.name_of(FINALIZE)))["QueueUrl"]
     [event] = [json.loads(m["Body"]) for m in await drain_queue(fleet, finalize_url, wait=0)]
-    assert (event["status"], event["error"]["error_code"]) == ("FAILED", "MANIFEST_NOT_FOUND")
+    assert (event["execution_id"], event["status"]) == (mid, "FAILED")
+    assert event["error"]["error_code"] == "MANIFEST_NOT_FOUND"
+    # And compact is the stage reported: its failure fails the job (the finalizer's rule makes it FAILED)
+    assert event["processing_results"] == {"compact": {"status": "FAILED"}}
+
+
+async def test_a_forged_compact_message_touches_no_job(fleet: Services) -> None:
+    # Given an echo job, and a raw compact message for a manifest nobody built, claiming the echo job's id
+    echo_job = str(uuid.uuid4())
+    await fleet.jobs.create(echo_job, "echo", queue=fleet.settings.name_of(ECHO), terminal="echo")
+    url, dlq = await queue_urls(fleet, COMPACT)
+    forged = str(uuid.uuid4())
+    await fleet.aws.sqs.send_message(
+        QueueUrl=url,
+        MessageBody=json.dumps(
+            {"manifest_id": forged, "date_prefix": DATE, "manifest_key": f"manifests/{DATE}/{forged}.json"}
+        ),
+        MessageAttributes={"fleet.job-id": {"DataType": "String", "StringValue": echo_job}},
+    )
+
+    # When the compact worker runs
+    await run(CompactStage(fleet), fleet)
+
+    # Then the message is dead-lettered, nothing goes to the finalizer, and the echo job is untouched
+    (dead,) = await drain_queue(fleet, dlq, wait=0)
+    assert dead["MessageAttributes"]["fleet.error-code"]["StringValue"] == "MANIFEST_NOT_FOUND"
+    finalize_url = (await fleet.aws.sqs.get_queue_url(QueueName=fleet.settings.name_of(FINALIZE)))["QueueUrl"]
+    assert await drain_queue(fleet, finalize_url, wait=0) == []
+    job = await fleet.jobs.get(echo_job)
+    assert job is not None and [h["stage"] for h in job["history"]] == ["submit"] and job["status"] == "SUBMITTED"
+    assert await fleet.jobs.get(forged) is None
 
 
 async def test_fleet_submit_ingest_then_workers_then_status_from_the_command_line(
@@ -330,3 +358,10 @@ async def test_fleet_submit_ingest_then_workers_then_status_from_the_command_lin
         assert word in status.stdout
     [table] = await parquet(fleet)
     assert table.num_rows == 3
+    # And the upload is linked to the manifest its files went to; once the finalizer closed the manifest's
+    # job, the upload is finished too (PARTIAL_SUCCESS: a line was quarantined)
+    assert manifest.manifest_id in upload.stdout and "RUNNING" in upload.stdout.splitlines()[0]
+    finalized = await cli("worker", "finalizer", "--burst", **fast)
+    assert finalized.returncode == 0, finalized.stderr[-2000:]
+    done = await cli("status", job_id)
+    assert "status=PARTIAL_SUCCESS" in done.stdout.splitlines()[0], done.stdout

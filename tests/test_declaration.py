@@ -76,7 +76,7 @@ def test_declared_tuning_sits_between_fleet_defaults_and_per_worker_overrides() 
     [
         ({"workers": {"nope": {"concurrency": 3}}}, "FLEET_WORKERS__NOPE: no such worker"),
         ({"queues": {"nope": "x"}}, "FLEET_QUEUES__NOPE: no such resource"),
-        ({"tables": {"jobz": "x"}}, "FLEET_TABLES__JOBZ: no such resource (known: files, jobs, leases, metrics, seen)"),
+        ({"tables": {"jobz": "x"}}, "FLEET_TABLES__JOBZ: no such resource (known: clips, files, jobs, leases"),
     ],
 )
 def test_settings_naming_an_unknown_worker_or_resource_are_refused(overrides: dict[str, object], message: str) -> None:
@@ -94,8 +94,8 @@ def test_the_runtime_grants_itself_what_it_calls_on_a_consumed_queue() -> None:
     perms = {(u.resource.kind, u.resource.key): set(u.actions) for u in spec.permissions()}
     # Then the runtime's receive/delete/visibility calls, the DLQ send and job tracking are added to its own
     assert {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"} <= perms[("queue", "w")]
-    assert perms[("dlq", "w")] == {"sqs:GetQueueUrl", "sqs:SendMessage"}
-    assert perms[("table", "jobs")] == {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem"}
+    assert perms[("dlq", "w")] == {"sqs:GetQueueUrl", "sqs:GetQueueAttributes", "sqs:SendMessage"}
+    assert perms[("table", "jobs")] == {"dynamodb:UpdateItem", "dynamodb:PutItem"}
 
 
 async def test_a_worker_declared_in_tests_bootstraps_runs_and_appears_in_help(settings: FleetSettings) -> None:

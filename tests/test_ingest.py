@@ -403,7 +403,8 @@ async def test_a_crash_in_the_middle_of_claiming_leaves_no_claimed_file_without_
     # Given a worker that dies while claiming a batch of 150 files, at its 60th claim
     landing = fleet.settings.name_of(LANDING)
     bodies = [s3_event(landing, f"incoming/{DATE}/f{n:03d}.ndjson", etag_of(n)) for n in range(150)]
-    config = IngestConfig(batch_size=150, max_wait_seconds=3600, tick_seconds=0.2, lease_seconds=1)
+    # (a 3 s lease: on a loaded machine, a shorter one may run out before the "dead" worker has stopped)
+    config = IngestConfig(batch_size=150, max_wait_seconds=3600, tick_seconds=0.2, lease_seconds=3)
     crashed_id = await run_until_crash(fleet, config, "claim", bodies, nth=60)
     assert await manifest_state(fleet, crashed_id) == "CLAIMING"
     statuses = Counter(i.get("manifest_id", {}).get("S", i["status"]["S"]) for i in await file_items(fleet))

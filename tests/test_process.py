@@ -27,6 +27,7 @@ def fleet_env(settings: FleetSettings, **extra: str) -> dict[str, str]:
         "FLEET_PREFIX": settings.prefix,
         "FLEET_HEALTH_DIR": settings.health_dir,
         "FLEET_METRICS_MODE": "off",
+        "FLEET_LOG_FORMAT": "json",
         "PYTHONUNBUFFERED": "1",
         **extra,
     }
@@ -76,6 +77,7 @@ async def test_sigterm_finishes_or_releases_every_message(fleet: Services, tmp_p
         FLEET_DEFAULTS__WAIT_TIME_SECONDS="1",
         FLEET_DEFAULTS__DRAIN_TIMEOUT="3",
         FLEET_DEFAULTS__CONCURRENCY="10",
+        FLEET_LOG_SUCCESSES="true",
     )
     proc = subprocess.Popen(fleet_cmd("worker", "echo"), env=env, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []

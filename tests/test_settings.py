@@ -47,7 +47,7 @@ def test_prefix_and_per_worker_overrides_come_from_the_environment(monkeypatch: 
         ({"FLEET_DEFAULTS__WAIT_TIME_SECONDS": "25"}, "less than or equal to 20"),
         ({"FLEET_DEFAULTS__MAX_ATTEMPTS": "9"}, "FLEET_DEFAULTS__MAX_ATTEMPTS"),
         ({"FLEET_WORKERS__ECHO__HEARTBEAT_INTERVAL": "45"}, "heartbeat_interval (45.0s) must be shorter"),
-        ({"FLEET_WORKERS__ECHO__CONCURENCY": "4"}, "echo: concurency: Extra inputs are not permitted"),
+        ({"FLEET_WORKERS__ECHO__CONCURENCY": "4"}, "FLEET_WORKERS__ECHO__CONCURENCY: Extra inputs are not permitted"),
         ({"FLEET_ENDPOINT_URL": "localhost:4566"}, "must start with http://"),
         ({"FLEET_LOG_LEVEL": "LOUD"}, "FLEET_LOG_LEVEL"),
     ],

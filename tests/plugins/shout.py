@@ -39,7 +39,9 @@ class ShoutStage:
 
     async def handle(self, message: Shout, ctx: Context) -> None:
         if ctx.job_id:
-            await ctx.services.jobs.record_stage(ctx.job_id, "shout", "SHOUTED", text=message.text.upper())
+            await ctx.services.jobs.record_stage(
+                ctx.job_id, "shout", "SHOUTED", queue=ctx.queue, text=message.text.upper()
+            )
 
 
 def register(kinds: object) -> None:
@@ -48,7 +50,7 @@ def register(kinds: object) -> None:
     from shared.app import send_job
 
     async def submit(args: Any, services: Services) -> str:
-        return await send_job(services, SHOUT, {"text": args.text}, kind="shout")
+        return await send_job(services, SHOUT, {"text": args.text}, kind="shout", terminal="shout")
 
     p = kinds.add_parser("shout", help="a message for the shout worker")  # type: ignore[attr-defined]
     p.add_argument("text")

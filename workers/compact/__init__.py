@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from shared.declaration import WorkerSpec, uses
 from shared.idempotency import USES_LEASES
+from shared.resources import JOBS
 from workers.finalizer.resources import FINALIZE
 from workers.ingest.resources import COMPACT, FILES, LAKE, LANDING
 
@@ -18,5 +19,6 @@ WORKER = WorkerSpec(
         uses(FILES, "dynamodb:BatchGetItem", "dynamodb:BatchWriteItem", "dynamodb:UpdateItem"),
         USES_LEASES,
         uses(FINALIZE, "sqs:GetQueueUrl", "sqs:SendMessage"),
+        uses(JOBS, "dynamodb:GetItem"),  # it finalizes only its manifest's own job: it reads that job first
     ),
 )

@@ -93,14 +93,14 @@ class CompactStage:
             manifest = await self._manifest(job)
             result = await self.compact(manifest)
         except Fatal as exc:
-            if ctx.job_id:
-                await self._finalize_failed(job, ctx, exc)
+            await self._finalize_failed(job, ctx, exc)
             raise
         await self._mark(manifest, result)
         await self.services.jobs.record_stage(
             job.manifest_id,
             "compact",
             "COMPACTED",
+            queue=ctx.queue,
             rows=result.rows,
             quarantined_lines=result.quarantined,
             missing_files=result.missing_files or None,
@@ -122,8 +122,7 @@ class CompactStage:
                 "seconds": round(result.seconds, 3),
             },
         )
-        if ctx.job_id:
-            await self._finalize(manifest, result, ctx)
+        await self._finalize(manifest, result, ctx)
 
     # --- the manifest ----------------------------------------------------------------------------
 
@@ -143,8 +142,8 @@ class CompactStage:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "manifest"
             raise Fatal(f"manifest is not valid: {where}: {first['msg']}", code="MANIFEST_INVALID") from None
-        except ValueError:
-            raise Fatal("manifest is not JSON", code="MANIFEST_INVALID") from None
+        except (ValueError, RecursionError):
+            raise Fatal("manifest is not JSON (or is nested too deeply)", code="MANIFEST_INVALID") from None
         if manifest.manifest_id != job.manifest_id or manifest.date_prefix != job.date_prefix:
             raise Fatal("manifest does not match its job", code="MANIFEST_MISMATCH")
         if any(f.bucket not in self.sources for f in manifest.files):
@@ -171,6 +170,11 @@ class CompactStage:
             ]
             gate = asyncio.Semaphore(cfg.read_concurrency)
             await asyncio.gather(*(self._read(f, spool, gate) for f, spool in zip(manifest.files, spools, strict=True)))
+            if not any(s.rows for s in spools):
+                # Nothing to write: no empty Parquet file, and the job fails (what was read is quarantined).
+                await self._quarantine(spools, directory, manifest)
+                missing = sum(1 for s in spools if s.missing)
+                raise Fatal(f"no rows to compact: {missing} of {len(spools)} files missing or changed", code="NO_ROWS")
             try:
                 schema = unified_schema(spools, cfg.max_columns, manifest.manifest_id)
             except SchemaTooWide as exc:
@@ -186,19 +190,7 @@ class CompactStage:
                 content_type="application/vnd.apache.parquet",
                 threshold=cfg.multipart_threshold,
             )
-            bad = directory / "quarantine.ndjson"
-            quarantined = await asyncio.to_thread(concat_quarantine, spools, bad)
-            q_key: str | None = None
-            if quarantined:
-                q_key = quarantine_key(manifest.manifest_id)
-                await upload_file(
-                    self.services.aws.s3,
-                    self.lake,
-                    q_key,
-                    bad,
-                    content_type="application/x-ndjson",
-                    threshold=cfg.multipart_threshold,
-                )
+            quarantined, q_key = await self._quarantine(spools, directory, manifest)
             return Compaction(
                 files=len(spools),
                 rows=written.rows,
@@ -211,6 +203,23 @@ class CompactStage:
                 quarantine_key=q_key,
                 seconds=time.monotonic() - started,
             )
+
+    async def _quarantine(self, spools: list[FileSpool], directory: Path, manifest: Manifest) -> tuple[int, str | None]:
+        """Upload the manifest's bad lines (if any): how many, and where."""
+        bad = directory / "quarantine.ndjson"
+        quarantined = await asyncio.to_thread(concat_quarantine, spools, bad)
+        if not quarantined:
+            return 0, None
+        key = quarantine_key(manifest.manifest_id)
+        await upload_file(
+            self.services.aws.s3,
+            self.lake,
+            key,
+            bad,
+            content_type="application/x-ndjson",
+            threshold=self.config.multipart_threshold,
+        )
+        return quarantined, key
 
     async def _read(self, file: ManifestFile, spool: FileSpool, gate: asyncio.Semaphore) -> None:
         """Stream one source object through its spool: chunks are read here, parsed in a thread."""
@@ -294,8 +303,16 @@ class CompactStage:
                 raise
             log.warning("no manifest record to mark compacted", extra={"manifest_id": manifest.manifest_id})
 
+    async def _owns_job(self, manifest_id: str) -> bool:
+        """Compact finalizes the job its input names, the manifest's, and only one ingest made: never the job a
+        message's `fleet.job-id` claims, and never a job for a manifest nobody built."""
+        job = await self.services.jobs.get(manifest_id)
+        return job is not None and job.get("kind") == "manifest"
+
     async def _finalize(self, manifest: Manifest, result: Compaction, ctx: Context) -> None:
-        assert ctx.job_id is not None
+        if not await self._owns_job(manifest.manifest_id):
+            log.warning("manifest has no job of its own: not finalized", extra={"manifest_id": manifest.manifest_id})
+            return
         lake = f"s3://{self.lake}"
         compact: dict[str, Any] = {
             "status": "PARTIAL" if result.quarantined else "COMPLETED",
@@ -308,7 +325,7 @@ class CompactStage:
         if result.quarantine_key:
             compact["quarantine_uri"] = f"{lake}/{result.quarantine_key}"
         event = final_event(
-            ctx.job_id,
+            manifest.manifest_id,
             "COMPLETED",
             {
                 "ingest": {
@@ -325,11 +342,14 @@ class CompactStage:
         await self._send_once(ctx, event)
 
     async def _finalize_failed(self, job: CompactJob, ctx: Context, exc: Fatal) -> None:
-        assert ctx.job_id is not None
+        if not await self._owns_job(job.manifest_id):
+            return
+        # Compact is the stage whose output the job is for: its failure fails the job (the manifest alone is
+        # not a result), hence it is the only stage reported.
         event = final_event(
-            ctx.job_id,
+            job.manifest_id,
             "FAILED",
-            {"ingest": {"status": "COMPLETED"}, "compact": {"status": "FAILED"}},
+            {"compact": {"status": "FAILED"}},
             error={"stage": "compact", "error_code": exc.code, "error_message": exc.reason},
             manifest_id=job.manifest_id,
             date_prefix=job.date_prefix,
@@ -341,4 +361,7 @@ class CompactStage:
             await send_final_event(self.services, event)
             return True
 
-        await self.finals.run(f"final#{event['execution_id']}", send, lease_seconds=ctx.tuning.visibility_timeout)
+        # Keyed by outcome: a compaction that succeeds after a failed one (a redrive once the cause is fixed)
+        # is handed to the finalizer too.
+        key = f"final#{event['execution_id']}#{event['status']}"
+        await self.finals.run(key, send, lease_seconds=ctx.tuning.visibility_timeout)

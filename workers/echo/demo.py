@@ -22,10 +22,12 @@ async def demo(settings: FleetSettings, console: Console) -> None:
     async with open_services(settings) as services:
         jobs: dict[str, str] = {}
         for text in ("hello", "from", "fleet"):
-            jobs[text] = await send_job(services, ECHO, {"text": text}, kind="echo")
-        jobs["slow (3 s)"] = await send_job(services, ECHO, {"text": "slow", "sleep": 3}, kind="echo")
-        jobs["always retries"] = await send_job(services, ECHO, {"text": "x", "fail": "retry"}, kind="echo")
-        jobs["fatal"] = await send_job(services, ECHO, {"text": "x", "fail": "fatal"}, kind="echo")
+            jobs[text] = await send_job(services, ECHO, {"text": text}, kind="echo", terminal="echo")
+        jobs["slow (3 s)"] = await send_job(services, ECHO, {"text": "slow", "sleep": 3}, kind="echo", terminal="echo")
+        jobs["always retries"] = await send_job(
+            services, ECHO, {"text": "x", "fail": "retry"}, kind="echo", terminal="echo"
+        )
+        jobs["fatal"] = await send_job(services, ECHO, {"text": "x", "fail": "fatal"}, kind="echo", terminal="echo")
         sqs = services.aws.sqs
         url = (await sqs.get_queue_url(QueueName=settings.name_of(ECHO)))["QueueUrl"]
         await sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"txet": "typo"}))

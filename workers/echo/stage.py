@@ -1,4 +1,4 @@
-"""`echo`: the smallest real stage. It logs the message, optionally sleeps or fails on request, and
+"""`echo`: the smallest real stage. It counts the message's text, optionally sleeps or fails on request, and
 records what it saw on the message's job — enough to exercise the runtime end to end."""
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ class EchoStage:
             raise Retry("asked to fail (retry)")
         if message.fail == "fatal":
             raise Fatal("asked to fail (fatal)", code="ECHO_FATAL")
-        log.info("echo", extra={"text": message.text})
+        # The text is the producer's: count it, never log or store it (it may carry anything).
+        log.info("echo", extra={"chars": len(message.text)})
         if ctx.job_id:
-            await ctx.services.jobs.record_stage(ctx.job_id, "echo", "ECHOED", text=message.text)
+            await ctx.services.jobs.record_stage(ctx.job_id, "echo", "ECHOED", queue=ctx.queue, chars=len(message.text))

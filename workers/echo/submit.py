@@ -14,7 +14,7 @@ async def submit(args: argparse.Namespace, services: Services) -> str:
     body: dict[str, Any] = {"text": args.text, "sleep": args.sleep}
     if args.fail:
         body["fail"] = args.fail
-    return await send_job(services, ECHO, body, kind="echo", detail={"text": args.text})
+    return await send_job(services, ECHO, body, kind="echo", detail={"chars": len(args.text)}, terminal="echo")
 
 
 def register(kinds: Any) -> None:

@@ -25,6 +25,13 @@ class FinalizerSettings(BaseSettings):
         ),
     )
     presign_expires_seconds: int = Field(24 * 3600, ge=60, le=7 * 24 * 3600)
+    presign_buckets: list[str] | None = Field(
+        None,
+        description=(
+            "buckets whose objects may get a presigned URL (default: the fleet's own declared buckets); an "
+            "event naming any other bucket gets a console link, which needs the reader's own access"
+        ),
+    )
     topic_arn: str | None = Field(
         None, description="the notifications topic's ARN; default: looked up by name (sns:ListTopics)"
     )

@@ -38,8 +38,11 @@ def final_event(
 
 
 async def send_final_event(services: Services, event: dict[str, Any]) -> None:
+    """Hand the job to the finalizer: its queue may now record on the job (if there is a job record)."""
     sqs = services.aws.sqs
-    url = (await sqs.get_queue_url(QueueName=services.settings.name_of(FINALIZE)))["QueueUrl"]
+    name = services.settings.name_of(FINALIZE)
+    await services.jobs.entitle(str(event["execution_id"]), name)
+    url = (await sqs.get_queue_url(QueueName=name))["QueueUrl"]
     await sqs.send_message(
         QueueUrl=url,
         MessageBody=json.dumps(event, default=str),

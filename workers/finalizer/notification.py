@@ -13,7 +13,7 @@ import json
 import logging
 import re
 import unicodedata
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -242,7 +242,19 @@ def build_notification(
         "cost_usd": {"DataType": "Number", "StringValue": str(number(summary.cost_usd))},
         DEDUP_ATTRIBUTE: {"DataType": "String", "StringValue": dedup_id(summary.execution_id, status)},
     }
-    return Notification(make_subject(status, filename, summary.execution_id), message, attributes)
+    return Notification(make_subject(status, filename, summary.execution_id), clean_body(message), attributes)
+
+
+def clean_body(value: Any) -> Any:
+    """Every string of the notification's body cleaned as the subject is: one visible line, no control,
+    separator or bidi-override characters (an event's error message or key may carry any of them)."""
+    if isinstance(value, str):
+        return _clean(value)
+    if isinstance(value, dict):
+        return {k: clean_body(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clean_body(v) for v in value]
+    return value
 
 
 # --- links -----------------------------------------------------------------------------------------------
@@ -266,11 +278,13 @@ class DownloadLinks:
         mode: Literal["console", "presigned"],
         region: str,
         expires_seconds: int,
+        presign_buckets: Collection[str] = (),
     ) -> None:
         self._open_s3 = open_s3
         self.mode = mode
         self.region = region
         self.expires_seconds = expires_seconds
+        self.presign_buckets = frozenset(presign_buckets)
 
     async def for_stages(self, event: FinalEvent, *, include_failed: bool) -> dict[str, str]:
         """One link per stage that has an output: its primary URI. Failed stages' outputs only on request."""
@@ -285,6 +299,10 @@ class DownloadLinks:
         if self.mode == "console":
             return console_link(uri, self.region)
         bucket, key = split_s3_uri(uri)
+        if bucket not in self.presign_buckets:
+            # The event is untrusted: a presigned URL is a key to the object for whoever reads the notice.
+            log.warning("no presigned link for a bucket outside the allowlist", extra={"bucket": bucket})
+            return console_link(uri, self.region)
         async with self._open_s3() as s3:
             return await s3.generate_presigned_url(
                 "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=self.expires_seconds

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, TypedDict
 from pydantic import TypeAdapter, ValidationError
 
 from shared.idempotency import Idempotency
-from shared.resources import JOBS, LEASES
+from shared.registry import discover
+from shared.resources import JOBS, LEASES, Bucket
 from shared.settings import load_stage_settings
 from shared.stage import Context, Services, parse_body
 from workers.finalizer.config import FinalizerSettings
@@ -104,6 +105,11 @@ class FinalizerStage:
             mode=self.config.download_links,
             region=settings.region,
             expires_seconds=self.config.presign_expires_seconds,
+            presign_buckets=(
+                self.config.presign_buckets
+                if self.config.presign_buckets is not None
+                else [settings.name_of(b) for b in discover().resources() if isinstance(b, Bucket)]
+            ),
         )
         self.guard = Idempotency(services.aws.dynamodb, settings.name_of(LEASES))
 
@@ -146,18 +152,27 @@ class FinalizerStage:
 
     async def _finalize(self, event: FinalEvent, summary: Summary) -> FinalizeResult:
         tracked = await self.tracker.finalize(summary)
-        # A failure event rarely repeats the video; the job item (fleet submit's detail) may know it.
-        video_key = event.video_key or _from_job(tracked.item, "video_key", _object_key)
-        bucket = event.bucket or _from_job(tracked.item, "bucket", _bucket)
-        notified = await self._notify(event, summary, video_key, bucket)
-        recorded = await record_metrics(self.services.metrics, summary, self.services.settings.environment)
+        if tracked.superseded:
+            # A later final event already decided this job (a late redelivery of an earlier one): nothing
+            # to announce, and the job's status stays what the later event made it.
+            log.warning(
+                "final event superseded by a later one: not applied",
+                extra={"execution_id": summary.execution_id, "job_status": tracked.item.get("status")},
+            )
+            notified = recorded = False
+        else:
+            # A failure event rarely repeats the video; the job item (fleet submit's detail) may know it.
+            video_key = event.video_key or _from_job(tracked.item, "video_key", _object_key)
+            bucket = event.bucket or _from_job(tracked.item, "bucket", _bucket)
+            notified = await self._notify(event, summary, video_key, bucket)
+            recorded = await record_metrics(self.services.metrics, summary, self.services.settings.environment)
         return {
             "status": "success",
             "execution_id": summary.execution_id,
             "final_status": summary.final_status,
             "notification_sent": notified,
             "metrics_recorded": recorded,
-            "tracking_updated": True,
+            "tracking_updated": not tracked.superseded,
             "summary": {
                 "total_duration_seconds": (
                     number(summary.duration_seconds) if summary.duration_seconds is not None else None

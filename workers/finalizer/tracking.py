@@ -90,6 +90,7 @@ class Tracked:
     attempts: int
     item: dict[str, Any]  # the job item as it is after the update
     already: bool = False  # this job and final status had been recorded before (a redelivery, a lost reply)
+    superseded: bool = False  # a final event of later time (or, at the same time, higher rank) was recorded
 
 
 class Tracker:
@@ -113,8 +114,13 @@ class Tracker:
         async with self._open() as ddb:
             for attempt in range(1, self.policy.max_attempts + 1):
                 try:
-                    item, already = await self._update(ddb, summary, attempt)
-                    return Tracked(attempts=attempt, item=item, already=already)
+                    item, skipped = await self._update(ddb, summary, attempt)
+                    return Tracked(
+                        attempts=attempt,
+                        item=item,
+                        already=skipped == "already",
+                        superseded=skipped == "superseded",
+                    )
                 except (ClientError, BotoCoreError) as exc:
                     last = exc
                     if attempt == self.policy.max_attempts:
@@ -137,7 +143,7 @@ class Tracker:
 
     async def _update(
         self, ddb: DynamoDBClient, summary: Summary, attempt: int, *, create_if_missing: bool = True
-    ) -> tuple[dict[str, Any], bool]:
+    ) -> tuple[dict[str, Any], str | None]:
         now = now_iso()
         data: dict[str, Any] = {
             "status": "completed",
@@ -167,6 +173,7 @@ class Tracker:
                 ":empty": [],
                 ":key": summary.final_status,
                 ":keys": {summary.final_status},
+                ":order": final_order(summary),
             }
         )
         try:
@@ -176,13 +183,19 @@ class Tracker:
                 UpdateExpression=(
                     "SET #status = :status, #stages.#fin = :data, updated_at = :now, completion_time = :ct, "
                     "total_duration_seconds = :dur, processing_metrics = :metrics, cost_estimate_usd = :cost, "
-                    "#history = list_append(if_not_exists(#history, :empty), :entry) ADD #done :keys"
+                    "#history = list_append(if_not_exists(#history, :empty), :entry), final_order = :order "
+                    "ADD #done :keys"
                 ),
                 # `stages.finalizer` is an invalid path until the map exists (the seed's update failed on
                 # any item not created by its trigger): create it first when it is missing. `finalized` holds
                 # the final statuses recorded: a second update for one (a redelivery after a crash, a retry
                 # after a lost reply) fails its condition instead of adding a second FINALIZED entry.
-                ConditionExpression="attribute_exists(#stages) AND NOT contains(#done, :key)",
+                # `final_order` keeps the latest event: a FAILED event that arrives after a COMPLETED one it
+                # preceded (a late redelivery) cannot overwrite it, however the two race.
+                ConditionExpression=(
+                    "attribute_exists(#stages) AND NOT contains(#done, :key) "
+                    "AND (attribute_not_exists(final_order) OR final_order < :order)"
+                ),
                 ExpressionAttributeNames={
                     "#status": "status",
                     "#stages": "stages",
@@ -200,12 +213,14 @@ class Tracker:
             found: Any = exc.response.get("Item", {})
             current = from_item(dict(found))
             if summary.final_status in current.get("finalized", set()):
-                return current, True
+                return current, "already"
+            if "stages" in current and str(current.get("final_order", "")) >= final_order(summary):
+                return current, "superseded"
             if not create_if_missing:
                 raise
             await self._create_maps(ddb, summary.execution_id, now)
             return await self._update(ddb, summary, attempt, create_if_missing=False)
-        return from_item(dict(resp.get("Attributes", {}))), False
+        return from_item(dict(resp.get("Attributes", {}))), None
 
     async def _create_maps(self, ddb: DynamoDBClient, execution_id: str, now: str) -> None:
         await ddb.update_item(
@@ -218,3 +233,12 @@ class Tracker:
             ExpressionAttributeNames={"#stages": "stages", "#history": "history"},
             ExpressionAttributeValues=to_item({":map": {}, ":list": [], ":now": now}),
         )
+
+
+RANK = {"FAILED": 0, "PARTIAL_SUCCESS": 1, "COMPLETED": 2}
+
+
+def final_order(summary: Summary) -> str:
+    """Orders a job's final events: by their completion time, then by outcome (COMPLETED wins a tie).
+    ISO-8601 UTC strings of one format compare as their times do."""
+    return f"{iso(summary.completed_at)}|{RANK[summary.final_status]}"

@@ -23,6 +23,7 @@ from shared.errors import Poison
 from workers.ingest.layout import ETAG_RE, MAX_KEY_BYTES, valid_date
 
 MAX_RECORDS = 1000
+MAX_OBJECT_BYTES = 50 * 1024**4  # S3's largest object (50 TiB); DynamoDB numbers hold 38 digits
 SEQUENCER_RE = re.compile(r"^[0-9A-Fa-f]{1,64}$")
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -106,6 +107,8 @@ def parse_record(record: Any, *, buckets: Collection[str], landing_prefix: str) 
     size = obj.get("size", 0)
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise Invalid("size is not a non-negative integer")
+    if size > MAX_OBJECT_BYTES:
+        raise Invalid("size is larger than an S3 object can be")
     sequencer = obj.get("sequencer")
     if sequencer is not None and (not isinstance(sequencer, str) or not SEQUENCER_RE.match(sequencer)):
         raise Invalid("malformed sequencer")

@@ -45,7 +45,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-from shared.stage import JOB_ID_ATTRIBUTE, Services
+from shared.stage import JOB_ID, JOB_ID_ATTRIBUTE, Services
 from workers.ingest.config import IngestConfig
 from workers.ingest.layout import manifest_key
 from workers.ingest.resources import COMPACT, FILES, LAKE
@@ -250,10 +250,21 @@ class ManifestBuilder:
         mid, date_prefix = record.manifest_id, record.date_prefix
         key = manifest_key(date_prefix, mid)
         jobs = self.services.jobs
-        await jobs.create(mid, "manifest", {"date_prefix": date_prefix, "manifest_key": key})
+        compact = self.services.settings.name_of(COMPACT)
+        uploads = upload_prefixes(record.files, self.config.landing_prefix)
+        await jobs.create(
+            mid,
+            "manifest",
+            {"date_prefix": date_prefix, "manifest_key": key, "uploads": sorted(uploads)},
+            queue=compact,
+        )
         await jobs.record_stage(
             mid, "ingest", "MANIFESTED", files=len(record.files), recovered=record.recovered or None
         )
+        for upload_id, (prefix, count) in uploads.items():
+            # An upload (`fleet submit ingest`) learns where its files went; only the upload whose prefix
+            # the files really sit under, and only an upload job, can be linked.
+            await jobs.link(upload_id, "ingest", {"prefix": prefix}, f"children.{mid}", count)
         body = {
             "manifest_id": mid,
             "date_prefix": date_prefix,
@@ -322,3 +333,16 @@ class ManifestBuilder:
             await self._hand_off(record, owner)
         self.recovered += 1
         return True
+
+
+def upload_prefixes(files: list[FileRef], landing_prefix: str) -> dict[str, tuple[str, int]]:
+    """Upload job id -> (its key prefix, files of this manifest under it), for files that `fleet submit ingest`
+    uploaded (`<landing>/<date>/<job id>/<name>`)."""
+    found: dict[str, tuple[str, int]] = {}
+    for f in files:
+        parts = f.key.split("/")
+        if len(parts) >= 4 and f"{parts[0]}/" == landing_prefix and JOB_ID.fullmatch(parts[2]):
+            prefix = "/".join(parts[:3]) + "/"
+            _, count = found.get(parts[2], (prefix, 0))
+            found[parts[2]] = (prefix, count + 1)
+    return found

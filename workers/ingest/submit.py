@@ -59,7 +59,14 @@ async def upload_files(
             name = f"{stem}-{n}.{ext}" if dot else f"{ext}-{n}"
         seen.add(name)
         keys.append(prefix + name)
-    await services.jobs.create(job_id, "ingest", {"date_prefix": date_prefix, "files": len(keys), "prefix": prefix})
+    await services.jobs.create(
+        job_id,
+        "ingest",
+        {"date_prefix": date_prefix, "files": len(keys), "prefix": prefix},
+        # The upload is done when its files are: `children` maps each manifest (a job of its own) to how many
+        # of the `units` files it holds; ingest links them as it builds the manifests.
+        fields={"children": {}, "units": len(keys)},
+    )
     landing = services.settings.name_of(LANDING)
     total = 0
     for path, key in zip(paths, keys, strict=True):
