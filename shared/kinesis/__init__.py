@@ -14,7 +14,12 @@ from shared.declaration import Uses, uses
 from shared.resources import LEASES, Stream
 
 # What the consumer itself calls: a worker that consumes a stream declares these (`WorkerSpec.uses`).
-STREAM_READ_ACTIONS = ("kinesis:ListShards", "kinesis:GetShardIterator", "kinesis:GetRecords")
+STREAM_READ_ACTIONS = (
+    "kinesis:DescribeStreamSummary",  # the stream's ARN, which GetRecords names
+    "kinesis:ListShards",
+    "kinesis:GetShardIterator",
+    "kinesis:GetRecords",
+)
 LEASE_ACTIONS = ("dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:UpdateItem")
 
 

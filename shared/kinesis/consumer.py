@@ -97,6 +97,7 @@ class StreamConsumer:
         self._listed: dict[str, Shard] = {}
         self._known: dict[str, Lease] = {}  # every lease, as last read
         self._synced = False
+        self._stream_arn = ""
         self._balanced_once = False
         self._stopping = asyncio.Event()
         self._stop_now = asyncio.Event()
@@ -187,6 +188,9 @@ class StreamConsumer:
 
     async def _sync(self) -> None:
         """List the shards and give each new one a lease (a reshard's children name their parents)."""
+        if not self._stream_arn:
+            summary = await self._kinesis.describe_stream_summary(StreamName=self.stream)
+            self._stream_arn = summary["StreamDescriptionSummary"]["StreamARN"]
         shards = await list_shards(self._kinesis, self.stream)
         self._listed = {s.shard_id: s for s in shards}
         known = await self.leases.load(self._listed)
@@ -243,6 +247,7 @@ class StreamConsumer:
             shard_id=shard_id,
             start=start,
             stream=self.stream,
+            stream_arn=self._stream_arn,
             kinesis=self._kinesis,
             stage=self.stage,
             leases=self.leases,

@@ -68,6 +68,7 @@ class ShardReader:
         shard_id: str,
         start: str,
         stream: str,
+        stream_arn: str,
         kinesis: KinesisClient,
         stage: StreamStage[Any],
         leases: LeaseStore,
@@ -81,6 +82,7 @@ class ShardReader:
         self.shard_id = shard_id
         self.start = start  # the lease's checkpoint when this reader began
         self.stream = stream
+        self.stream_arn = stream_arn  # GetRecords names its stream so that IAM can scope it (an iterator cannot)
         self._kinesis = kinesis
         self._stage = stage
         self._leases = leases
@@ -134,7 +136,9 @@ class ShardReader:
                     await self._wait_for_room()
                     continue
                 try:
-                    resp = await self._kinesis.get_records(ShardIterator=iterator, Limit=self._tuning.max_records)
+                    resp = await self._kinesis.get_records(
+                        ShardIterator=iterator, Limit=self._tuning.max_records, StreamARN=self.stream_arn
+                    )
                 except ClientError as exc:
                     code = error_code(exc)
                     if code == "ExpiredIteratorException":

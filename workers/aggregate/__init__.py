@@ -19,7 +19,7 @@ WORKER = WorkerSpec(
     uses=(
         *consumer_uses(EVENTS_STREAM),
         uses(EVENTS_STREAM, "kinesis:PutRecords"),  # the SQS feed
-        uses(METRICS, "dynamodb:BatchGetItem", "dynamodb:UpdateItem", "dynamodb:Query"),
+        uses(METRICS, "dynamodb:BatchGetItem", "dynamodb:UpdateItem"),
         uses(SEEN, "dynamodb:BatchGetItem", "dynamodb:BatchWriteItem"),
         uses(ALERTS, "events:PutEvents"),
     ),
