@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
 
+from shared.app import open_services
 from shared.resources import DeadLetters, Queue
 from shared.runtime import Worker
 from shared.settings import WorkerTuning
 from shared.stage import Context, Services, parse_body
+from tests.faultproxy import FaultProxy
 from workers.echo import ECHO
 
 
@@ -101,3 +104,11 @@ async def run_burst(
     worker = await Worker.create(stage, services, queue=queue, tuning=tuning, burst=True)
     await asyncio.wait_for(worker.run(), timeout)
     return worker
+
+
+@asynccontextmanager
+async def through(proxy: FaultProxy, services: Services) -> AsyncIterator[Services]:
+    """Services like `services`, whose every AWS call passes through `proxy`."""
+    settings = services.settings.model_copy(update={"endpoint_url": proxy.url})
+    async with open_services(settings, pool_size=50) as proxied:
+        yield proxied

@@ -4,25 +4,17 @@ condition its own first attempt changed. `shared.errors.written` recognises the 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
-from shared.app import open_services
 from shared.errors import owned, written
 from shared.stage import Services
 from tests.faultproxy import FaultProxy, Rule, amz_target
+from tests.helpers import through
 from workers.ingest.layout import file_item_key, manifest_item_key
 from workers.ingest.resources import FILES
 from workers.ingest.store import CLAIMING, FileRef, FilesTable, ManifestRecord, iso
 
 PUT = amz_target("DynamoDB_20120810.PutItem")
 UPDATE = amz_target("DynamoDB_20120810.UpdateItem")
-
-
-@asynccontextmanager
-async def through(proxy: FaultProxy, services: Services) -> AsyncIterator[Services]:
-    async with open_services(services.settings.model_copy(update={"endpoint_url": proxy.url})) as svc:
-        yield svc
 
 
 async def test_a_put_whose_reply_was_lost_is_recognised_as_its_own(fleet: Services, aws_endpoint: str) -> None:

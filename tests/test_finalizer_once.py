@@ -12,17 +12,15 @@ import json
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 
-from shared.app import open_services
 from shared.resources import LEASES
 from shared.stage import Services
 from tests.faultproxy import FaultProxy, Rule, query_action
 from tests.finalizer_helpers import SEED_SUCCESS, fast_config, notifications, run_finalizer, seed_event, tuning
+from tests.helpers import through
 from tests.test_process import fleet_cmd, fleet_env
 from workers.finalizer.final_event import send_final_event
 from workers.finalizer.notification import DEDUP_ATTRIBUTE
@@ -111,12 +109,6 @@ async def test_a_finalizer_killed_between_publish_and_bookkeeping_notifies_once(
         TableName=fleet.settings.name_of(LEASES), Key={"pk": {"S": f"finalizer#{event['execution_id']}#COMPLETED"}}
     )
     assert lease["Item"]["status"]["S"] == "COMPLETED"
-
-
-@asynccontextmanager
-async def through(proxy: FaultProxy, services: Services) -> AsyncIterator[Services]:
-    async with open_services(services.settings.model_copy(update={"endpoint_url": proxy.url})) as svc:
-        yield svc
 
 
 @pytest.mark.parametrize("fifo", [False, True], ids=["standard topic", "fifo topic"])

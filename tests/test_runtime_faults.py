@@ -8,12 +8,9 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import pytest
 
-from shared.app import open_services
 from shared.dlq import peek, redrive
 from shared.errors import Retry
 from shared.health import check_health, health_path
@@ -22,15 +19,8 @@ from shared.runtime import Worker
 from shared.settings import ConfigError, load_settings
 from shared.stage import Context, Services
 from tests.faultproxy import FaultProxy, Request, Rule, sqs_action
-from tests.helpers import Job, ScriptedStage, drain_queue, fast_tuning, queue_urls, run_burst, send
+from tests.helpers import Job, ScriptedStage, drain_queue, fast_tuning, queue_urls, run_burst, send, through
 from workers.echo import ECHO
-
-
-@asynccontextmanager
-async def through(proxy: FaultProxy, services: Services) -> AsyncIterator[Services]:
-    """Services whose every AWS call passes through `proxy`."""
-    async with open_services(services.settings.model_copy(update={"endpoint_url": proxy.url}), pool_size=50) as svc:
-        yield svc
 
 
 async def wait_until(condition: object, timeout: float = 30) -> None:
