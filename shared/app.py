@@ -13,6 +13,7 @@ from typing import Any
 from shared.clients import AwsClients
 from shared.declaration import WorkerSpec, load
 from shared.jobs import JobStore, new_job_id
+from shared.kinesis.consumer import StreamConsumer
 from shared.metrics import Metrics
 from shared.registry import Registry, discover
 from shared.resources import JOBS, Queue
@@ -55,25 +56,35 @@ async def run_workers(
 ) -> dict[str, RunStats]:
     """Run the named workers in this process until they stop (SIGTERM/SIGINT, `stop`, or burst end).
 
+    A worker that declares a queue gets the SQS runtime; one that declares a stream gets the stream consumer
+    (`shared.kinesis`, results keyed `<name>.stream`); one that declares both gets both, on one stage.
+
     Signals are handled here and only here: the first SIGTERM/SIGINT drains every worker, a second one
     stops them now."""
     registry = registry or discover()
     specs = registry.expand(names)
     pool = sum(registry.tuning(settings, spec.name).pool_size for spec in specs)
     async with open_services(settings, pool_size=pool) as services:
-        workers = []
+        workers: list[Worker | StreamConsumer] = []
         for spec in specs:
-            if spec.queue is None:
-                raise ValueError(f"worker {spec.name!r} consumes no queue")
-            workers.append(
-                await Worker.create(
-                    load_stage(spec, services),
-                    services,
-                    queue=spec.queue,
-                    tuning=registry.tuning(settings, spec.name),
-                    burst=burst,
+            if spec.queue is None and spec.stream is None:
+                raise ValueError(f"worker {spec.name!r} consumes no queue and no stream")
+            # One stage object per worker: a worker fed by a queue and a stream folds both in one place.
+            stage = load_stage(spec, services)
+            tuning = registry.tuning(settings, spec.name)
+            if spec.queue is not None:
+                workers.append(await Worker.create(stage, services, queue=spec.queue, tuning=tuning, burst=burst))
+            if spec.stream is not None:
+                workers.append(
+                    await StreamConsumer.create(
+                        stage,  # type: ignore[arg-type]
+                        services,
+                        stream=spec.stream,
+                        dead_letters=spec.queue,
+                        tuning=tuning,
+                        burst=burst,
+                    )
                 )
-            )
 
         def stop_all() -> None:
             for w in workers:

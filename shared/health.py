@@ -6,6 +6,7 @@ receive loop that has stopped polling all turn the check red.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
@@ -45,7 +46,22 @@ def write_health(directory: str, state: HealthState) -> None:
 
 
 def check_health(directory: str, worker: str, *, max_age: float = 30.0, now: float | None = None) -> tuple[bool, str]:
-    path = health_path(directory, worker)
+    """The worker's heartbeat, and those of its other consumers (`<worker>.<part>.json`, e.g. a worker's stream
+    consumer next to its queue consumer): healthy only if every one is."""
+    main = health_path(directory, worker)
+    parts = sorted(Path(directory).glob(f"{glob.escape(worker)}.*.json"))
+    paths = [main, *parts] if main.exists() or not parts else parts  # a stream-only worker has no main file
+    results = [_check_one(path, max_age=max_age, now=now) for path in paths]
+    failed = [(path, detail) for path, (ok, detail) in zip(paths, results, strict=True) if not ok]
+    if failed:
+        path, detail = failed[0]
+        return False, detail if path == main else f"{path.stem}: {detail}"
+    if len(results) == 1:
+        return results[0]
+    return True, "; ".join(f"{p.stem}: {d}" for p, (_, d) in zip(paths, results, strict=True))
+
+
+def _check_one(path: Path, *, max_age: float, now: float | None) -> tuple[bool, str]:
     try:
         state = HealthState(**json.loads(path.read_text()))
     except FileNotFoundError:

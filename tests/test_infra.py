@@ -333,11 +333,16 @@ def test_landing_uploads_notify_the_ingest_queue_as_bootstrap_wires_them(synthes
 
 
 def test_the_stream_bus_rule_and_secret_are_built_as_declared(synthesized: Synthesized) -> None:
-    (stream,) = synthesized.of_type("AWS::Kinesis::Stream").values()
-    assert stream["Properties"]["Name"] == "fleet-samples" and stream["Properties"]["ShardCount"] == 2
-    (bus_id, bus) = next(iter(synthesized.of_type("AWS::Events::EventBus").items()))
-    assert bus["Properties"]["Name"] == "fleet-sample-alerts"
-    # (the fleet's own workers add rules and secrets of their own: pick the sample's)
+    # (the fleet's own workers add streams, buses, rules and secrets of their own: pick the sample's)
+    (stream,) = [
+        s for s in synthesized.of_type("AWS::Kinesis::Stream").values() if s["Properties"]["Name"] == "fleet-samples"
+    ]
+    assert stream["Properties"]["ShardCount"] == 2
+    (bus_id,) = [
+        k
+        for k, b in synthesized.of_type("AWS::Events::EventBus").items()
+        if b["Properties"]["Name"] == "fleet-sample-alerts"
+    ]
     (rule,) = [
         r for r in synthesized.of_type("AWS::Events::Rule").values() if r["Properties"]["Name"] == "fleet-sample-rule"
     ]
