@@ -135,29 +135,37 @@ class DownloadStage:
             item = await self.store.get(job.media_id) or {}
             wait = max(1.0, float(item.get("lease_until", 0)) - time.time())
             raise Retry(f"{job.media_id} is being transferred by another worker", delay=wait, code="IN_PROGRESS")
-        lost = asyncio.Event()
-        renewer = asyncio.create_task(self._renew(job.media_id, owner, lease, ctx.tuning.heartbeat_seconds, lost))
+        lost, done = asyncio.Event(), asyncio.Event()
+        renewer = asyncio.create_task(self._renew(job.media_id, owner, lease, ctx.tuning.heartbeat_seconds, lost, done))
+
+        async def stop_renewing() -> None:
+            # Before any write that settles the lease: a renewal still on its way would push a lease handed
+            # back (lease_until=0) out again, and the retry would wait for "another worker".
+            done.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+
         try:
             outcome = await self._transfer(job, key, owner, lost)
         except NotFoundAtSource:
+            await stop_renewing()
             await self._abandon_upload(job.media_id)
             await self.store.finish(job.media_id, owner, "DELETED", error="deleted at source (404)", bytes=0)
             log.info("media deleted at source", extra={"media_id": job.media_id})
             return
         except asyncio.CancelledError:
+            renewer.cancel()
             raise  # shutdown: the upload stays recorded, the next attempt resumes it
         except Exception as exc:
             error = classify(exc)
+            await stop_renewing()
             if isinstance(error, LeaseLost):
                 raise error from exc  # the upload belongs to the worker that took over: leave it alone
             await self._failed(
                 job, owner, error, final=not isinstance(error, Retry) or ctx.attempt >= ctx.tuning.max_attempts
             )
             raise error from exc
-        finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+        await stop_renewing()
         await self.store.finish(
             job.media_id, owner, "COMPLETED", bytes=outcome.size, size=outcome.size, sha256=outcome.sha256, s3_key=key
         )
@@ -204,9 +212,16 @@ class DownloadStage:
         log.info("already in S3: record completed", extra={"media_id": job.media_id, "key": key})
         return True
 
-    async def _renew(self, media_id: str, owner: str, lease: float, every: float, lost: asyncio.Event) -> None:
+    async def _renew(
+        self, media_id: str, owner: str, lease: float, every: float, lost: asyncio.Event, done: asyncio.Event
+    ) -> None:
+        """Renew every `every` seconds until `done`; a renewal under way when `done` is set still finishes, so
+        whoever waits for this task knows no renewal can land after it."""
         while True:
-            await asyncio.sleep(every)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), every)
+            if done.is_set():
+                return
             try:
                 if not await self.store.renew(media_id, owner, lease):
                     log.warning("transfer lease lost to another worker", extra={"media_id": media_id})
