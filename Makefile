@@ -35,9 +35,12 @@ lint: $(TEST_STAMP)
 typecheck: $(TEST_STAMP)
 	$(BIN)/mypy
 
+# Most tests wait on the emulator, not the CPU: two pytest processes (each with its own emulator),
+# a test file kept on one of them so its session fixtures (CDK synth, media) are built once.
 # pytest exits 5 when it collects nothing (e.g. a -k that matches no test): not a failure of the code.
+PYTEST_WORKERS ?= 2
 unit: $(TEST_STAMP)
-	$(BIN)/pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 test: lint typecheck unit
 
