@@ -47,7 +47,7 @@ from rich.table import Table  # noqa: E402
 
 from shared.app import open_services  # noqa: E402
 from shared.bootstrap import Bootstrapper  # noqa: E402
-from shared.emulator import free_port, wait_until_up  # noqa: E402
+from shared.emulator import free_port, stop_process, wait_until_up  # noqa: E402
 from shared.jobs import to_item  # noqa: E402
 from shared.logs import configure_logging  # noqa: E402
 from shared.registry import Registry  # noqa: E402
@@ -141,8 +141,7 @@ class Moto:
 
     def __exit__(self, *exc: object) -> None:
         assert self.proc is not None
-        self.proc.terminate()
-        self.proc.wait(10)
+        stop_process(self.proc, grace=10)
 
 
 # --- the source ------------------------------------------------------------------------------------------------

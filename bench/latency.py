@@ -13,6 +13,8 @@ import subprocess
 import sys
 from urllib.parse import urlparse
 
+from shared.emulator import stop_process
+
 
 async def serve(target_url: str, delay_ms: float) -> None:
     parsed = urlparse(target_url)
@@ -72,10 +74,7 @@ class LatencyProxy:
 
     def __exit__(self, *exc: object) -> None:
         assert self._proc is not None
-        self._proc.terminate()
-        self._proc.wait(5)
-        if self._proc.stdout:
-            self._proc.stdout.close()
+        stop_process(self._proc)
 
 
 if __name__ == "__main__":

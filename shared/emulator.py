@@ -42,6 +42,18 @@ CHECKED_MOTO = ("5.2.",)  # moto versions whose Queue.delete_message this patch 
 log = logging.getLogger("fleet.emulator")
 
 
+def stop_process(proc: subprocess.Popen[Any], grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds: a server child never outlives its owner."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stdout:
+        proc.stdout.close()
+
+
 def patch_moto() -> bool:
     """Make moto's SQS deletes take the queue's lock and its DynamoDB requests run one at a time (see the
     module's docstring). True if patched."""
@@ -154,12 +166,7 @@ class EmbeddedAws:
             self._server.stop()  # type: ignore[attr-defined]
             self._server = None
         if self._proc is not None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+            stop_process(self._proc)
             self._proc = None
 
     def reset(self) -> None:

@@ -9,6 +9,8 @@ import urllib.request
 from types import TracebackType
 from typing import Any, Self
 
+from shared.emulator import stop_process
+
 
 class ProviderProcess:
     """`with ProviderProcess() as provider: provider.url; provider.reset(library=[...])`."""
@@ -39,14 +41,7 @@ class ProviderProcess:
 
     def stop(self) -> None:
         if self._proc is not None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-            if self._proc.stdout:
-                self._proc.stdout.close()
+            stop_process(self._proc)
             self._proc = None
 
     def control(self, action: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
