@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
@@ -68,14 +69,15 @@ class Message:
         does (SQS counts the receive), which is what lets its redrive policy catch a message that kills workers."""
         return self.failures + max(1, self.receive_count)
 
-    @property
+    # cached: the runtime, its logging context and the middleware all ask, once per message each
+    @cached_property
     def job_id(self) -> str | None:
         """The `fleet.job-id` the producer claims, if it is a well-formed id. Claimed, not granted: the runtime
         records on that job only if the job lets this queue touch it (`Context.job_id`)."""
         value = self.attribute(JOB_ID_ATTRIBUTE)
         return value if value is not None and JOB_ID.fullmatch(value) else None
 
-    @property
+    @cached_property
     def job_id_malformed(self) -> bool:
         value = self.attribute(JOB_ID_ATTRIBUTE)
         return value is not None and not JOB_ID.fullmatch(value)
