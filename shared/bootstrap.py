@@ -147,15 +147,50 @@ class Bootstrapper:
         dlq_action = await self._ensure_queue(dlq, {"MessageRetentionPeriod": str(DLQ_RETENTION_SECONDS)})
         dlq_arn = await self._queue_arn(dlq)
         redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": spec.max_receive_count})
+        name = self.name(spec)
         action = await self._ensure_queue(
-            self.name(spec),
+            name,
             {
                 "VisibilityTimeout": str(self._visibility[spec.key]),
                 "RedrivePolicy": redrive,
                 "MessageRetentionPeriod": str(QUEUE_RETENTION_SECONDS),
             },
         )
+        policy = self._sender_policy(spec, await self._queue_arn(name))
+        if policy is not None and await self._ensure_queue(name, {"Policy": policy}) != "unchanged":
+            action = "created" if action == "created" else "updated"
         return action if dlq_action == "unchanged" or action != "unchanged" else "updated"
+
+    def _sender_policy(self, spec: Queue, queue_arn: str) -> str | None:
+        """The queue policy that lets the declared senders in: S3 for each bucket that notifies the queue,
+        EventBridge for each rule that targets it, each scoped to its source ARN. AWS refuses a bucket
+        notification to a queue that does not allow S3, and drops a rule's events without a word when the
+        queue does not allow EventBridge; moto and LocalStack (by default) check neither: only real AWS would tell."""
+        _, partition, _, region, account, _ = queue_arn.split(":", 5)
+        senders: list[tuple[str, str, dict[str, dict[str, str]]]] = []
+        for resource in self.registry.resources():
+            if isinstance(resource, Bucket) and any(n.queue.key == spec.key for n in resource.notify):
+                source = f"arn:{partition}:s3:::{self.name(resource)}"
+                condition = {"ArnEquals": {"aws:SourceArn": source}, "StringEquals": {"aws:SourceAccount": account}}
+                senders.append(("s3.amazonaws.com", source, condition))
+            elif isinstance(resource, Rule) and resource.target is not None and resource.target.key == spec.key:
+                bus = f"{self.name(resource.bus)}/" if resource.bus else ""
+                source = f"arn:{partition}:events:{region}:{account}:rule/{bus}{self.name(resource)}"
+                senders.append(("events.amazonaws.com", source, {"ArnEquals": {"aws:SourceArn": source}}))
+        if not senders:
+            return None
+        statements = [
+            {
+                "Sid": f"FleetSender{i}",
+                "Effect": "Allow",
+                "Principal": {"Service": service},
+                "Action": "sqs:SendMessage",
+                "Resource": queue_arn,
+                "Condition": condition,
+            }
+            for i, (service, _, condition) in enumerate(sorted(senders, key=lambda s: s[1]), start=1)
+        ]
+        return json.dumps({"Version": "2012-10-17", "Statement": statements}, sort_keys=True)
 
     # --- S3 ----------------------------------------------------------------------------------------
 
@@ -380,6 +415,8 @@ def _index(index: Index) -> Any:
 def _same_attribute(key: str, current: str | None, wanted: str) -> bool:
     if current is None:
         return False
+    if key == "Policy":
+        return bool(json.loads(current) == json.loads(wanted))
     if key == "RedrivePolicy":
         a, b = json.loads(current), json.loads(wanted)
         return bool(

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 from urllib.parse import unquote_plus
 
 from shared.bootstrap import Bootstrapper
 from shared.registry import discover
 from shared.resources import DeadLetters, Queue
 from shared.stage import Services
+from workers.clips.resources import BEGIN_RULE, CLIPS
 from workers.finalizer.resources import FINALIZE
 from workers.ingest.resources import FILES, INGEST, LANDING
 
@@ -80,6 +82,54 @@ async def test_landing_uploads_notify_the_ingest_queue(fleet: Services) -> None:
     assert records and records[0]["eventName"].startswith("ObjectCreated")
     # (URL-encoded with + for spaces, as S3 does; moto also encodes the slashes)
     assert unquote_plus(records[0]["s3"]["object"]["key"]) == "incoming/2026-11-24/a b.ndjson"
+
+
+async def queue_policy(fleet: Services, queue: Queue) -> dict[str, Any] | None:
+    sqs = fleet.aws.sqs
+    url = (await sqs.get_queue_url(QueueName=fleet.settings.name_of(queue)))["QueueUrl"]
+    attrs = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"]))["Attributes"]
+    return json.loads(attrs["Policy"]) if "Policy" in attrs else None
+
+
+async def test_queues_let_in_exactly_the_buckets_and_rules_that_send_to_them(fleet: Services) -> None:
+    # Given a bootstrapped fleet (AWS refuses a bucket notification to a queue whose policy does not allow
+    # S3, and drops a rule's events when the queue does not allow EventBridge; the emulator checks neither)
+    s = fleet.settings
+
+    # When the queues' policies are read back
+    ingest, clips, finalize = [await queue_policy(fleet, q) for q in (INGEST, CLIPS, FINALIZE)]
+
+    # Then S3 may send to the ingest queue only for the landing bucket, from this account
+    assert ingest is not None
+    [landing] = ingest["Statement"]
+    assert landing["Principal"] == {"Service": "s3.amazonaws.com"}
+    assert landing["Action"] == "sqs:SendMessage"
+    assert landing["Condition"]["ArnEquals"]["aws:SourceArn"] == f"arn:aws:s3:::{s.name_of(LANDING)}"
+    assert landing["Condition"]["StringEquals"]["aws:SourceAccount"].isdigit()
+    # And EventBridge may send to the clips queue only for the clip rule on the default bus
+    assert clips is not None
+    [rule] = clips["Statement"]
+    assert rule["Principal"] == {"Service": "events.amazonaws.com"}
+    assert rule["Condition"]["ArnEquals"]["aws:SourceArn"].endswith(f":rule/{s.name_of(BEGIN_RULE)}")
+    # And a queue nothing sends to from outside has no policy at all
+    assert finalize is None
+
+
+async def test_a_queue_policy_removed_by_hand_is_put_back(fleet: Services) -> None:
+    # Given someone emptied the ingest queue's policy
+    sqs = fleet.aws.sqs
+    url = (await sqs.get_queue_url(QueueName=fleet.settings.name_of(INGEST)))["QueueUrl"]
+    before = await queue_policy(fleet, INGEST)
+    await sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": ""})
+
+    # When bootstrap runs again
+    changes = await Bootstrapper(fleet.aws, discover()).run()
+
+    # Then exactly that queue is updated, and its policy is back
+    assert [(c.name, c.action) for c in changes if c.action != "unchanged"] == [
+        (fleet.settings.name_of(INGEST), "updated")
+    ]
+    assert await queue_policy(fleet, INGEST) == before
 
 
 async def test_a_table_from_an_older_release_gets_its_new_index(services: Services) -> None:
