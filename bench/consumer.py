@@ -5,7 +5,7 @@ process, so the server's CPU is not the consumer's), fed at a pace that keeps th
 `--depth` (moto's ReceiveMessage costs time linear in depth; real SQS does not). Each mode's rate is
 messages fully consumed (handled and deleted) per second. The figures that matter are the ratios.
 
-    python bench/consumer.py [--messages 1500] [--naive-messages 300] [--depth 50] [--rounds 3]
+    python bench/consumer.py [--messages 4000] [--naive-messages 300] [--depth 50] [--rounds 3]
 
 Prints a table, then one JSON object as the last line.
 """
@@ -279,7 +279,7 @@ def report(figures: dict[str, Rounds]) -> dict[str, Any]:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--messages", type=int, default=1500)
+    parser.add_argument("--messages", type=int, default=4000)
     parser.add_argument("--naive-messages", type=int, default=300)
     parser.add_argument("--depth", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every mode, interleaved; medians reported")
