@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -156,41 +157,36 @@ class Bootstrapper:
                 "MessageRetentionPeriod": str(QUEUE_RETENTION_SECONDS),
             },
         )
-        policy = self._sender_policy(spec, await self._queue_arn(name))
-        if policy is not None and await self._ensure_queue(name, {"Policy": policy}) != "unchanged":
-            action = "created" if action == "created" else "updated"
         return action if dlq_action == "unchanged" or action != "unchanged" else "updated"
 
-    def _sender_policy(self, spec: Queue, queue_arn: str) -> str | None:
-        """The queue policy that lets the declared senders in: S3 for each bucket that notifies the queue,
-        EventBridge for each rule that targets it, each scoped to its source ARN. AWS refuses a bucket
-        notification to a queue that does not allow S3, and drops a rule's events without a word when the
-        queue does not allow EventBridge; moto and LocalStack (by default) check neither: only real AWS would tell."""
-        _, partition, _, region, account, _ = queue_arn.split(":", 5)
-        senders: list[tuple[str, str, dict[str, dict[str, str]]]] = []
-        for resource in self.registry.resources():
-            if isinstance(resource, Bucket) and any(n.queue.key == spec.key for n in resource.notify):
-                source = f"arn:{partition}:s3:::{self.name(resource)}"
-                condition = {"ArnEquals": {"aws:SourceArn": source}, "StringEquals": {"aws:SourceAccount": account}}
-                senders.append(("s3.amazonaws.com", source, condition))
-            elif isinstance(resource, Rule) and resource.target is not None and resource.target.key == spec.key:
-                bus = f"{self.name(resource.bus)}/" if resource.bus else ""
-                source = f"arn:{partition}:events:{region}:{account}:rule/{bus}{self.name(resource)}"
-                senders.append(("events.amazonaws.com", source, {"ArnEquals": {"aws:SourceArn": source}}))
-        if not senders:
-            return None
-        statements = [
-            {
-                "Sid": f"FleetSender{i}",
-                "Effect": "Allow",
-                "Principal": {"Service": service},
-                "Action": "sqs:SendMessage",
-                "Resource": queue_arn,
-                "Condition": condition,
-            }
-            for i, (service, _, condition) in enumerate(sorted(senders, key=lambda s: s[1]), start=1)
-        ]
-        return json.dumps({"Version": "2012-10-17", "Statement": statements}, sort_keys=True)
+    async def _allow_sender(self, queue: Queue, sender: Resource, service: str, source_arn: str) -> bool:
+        """Put the sender's statement (one per sender, by Sid) in the queue's policy: `service` may send to the
+        queue for `source_arn` only. AWS refuses a bucket notification to a queue that does not allow S3, and
+        drops a rule's events without a word when the queue does not allow EventBridge; moto and LocalStack
+        (by default) check neither: only real AWS would tell. True when the policy changed."""
+        sqs = self.aws.sqs
+        url = (await sqs.get_queue_url(QueueName=self.name(queue)))["QueueUrl"]
+        attrs = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["Policy", "QueueArn"]))["Attributes"]
+        queue_arn = attrs["QueueArn"]
+        policy = json.loads(attrs.get("Policy") or "{}") or {"Version": "2012-10-17", "Statement": []}
+        condition: dict[str, dict[str, str]] = {"ArnEquals": {"aws:SourceArn": source_arn}}
+        if service == "s3.amazonaws.com":  # a bucket ARN names no account: S3's own confused-deputy guard
+            condition["StringEquals"] = {"aws:SourceAccount": queue_arn.split(":")[4]}
+        sid = "Fleet" + "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]+", f"{sender.kind}-{sender.key}"))
+        wanted = {
+            "Sid": sid,
+            "Effect": "Allow",
+            "Principal": {"Service": service},
+            "Action": "sqs:SendMessage",
+            "Resource": queue_arn,
+            "Condition": condition,
+        }
+        statements = policy.get("Statement", [])
+        if wanted in statements:
+            return False
+        policy["Statement"] = [*(st for st in statements if st.get("Sid") != sid), wanted]
+        await sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": json.dumps(policy)})
+        return True
 
     # --- S3 ----------------------------------------------------------------------------------------
 
@@ -213,6 +209,11 @@ class Bootstrapper:
                 )
             action = "created"
         if spec.notify:
+            for notify in spec.notify:
+                partition = (await self._queue_arn(self.name(notify.queue))).split(":")[1]
+                # before the notification: S3 checks that it may deliver when the configuration is put
+                if await self._allow_sender(notify.queue, spec, "s3.amazonaws.com", f"arn:{partition}:s3:::{name}"):
+                    action = "updated" if action == "unchanged" else action
             wanted = [
                 {
                     "Id": f"fleet-{notify.queue.key}",
@@ -329,8 +330,10 @@ class Bootstrapper:
             raise ValueError(f"rule {spec.key!r} has no target queue")
         pattern = json.dumps(spec.pattern, sort_keys=True)
         action = "unchanged"
+        rule_arn = ""
         try:
             current = await events.describe_rule(Name=name, EventBusName=bus)
+            rule_arn = current.get("Arn", "")
             if json.loads(current.get("EventPattern", "{}")) != spec.pattern:
                 action = "updated"
         except ClientError as exc:
@@ -338,7 +341,10 @@ class Bootstrapper:
                 raise
             action = "created"
         if action != "unchanged":
-            await events.put_rule(Name=name, EventBusName=bus, EventPattern=pattern, State="ENABLED")
+            put = await events.put_rule(Name=name, EventBusName=bus, EventPattern=pattern, State="ENABLED")
+            rule_arn = put["RuleArn"]
+        if await self._allow_sender(spec.target, spec, "events.amazonaws.com", rule_arn):
+            action = "updated" if action == "unchanged" else action
         target = self.name(spec.target)
         arn = await self._queue_arn(target)
         targets = (await events.list_targets_by_rule(Rule=name, EventBusName=bus))["Targets"]
@@ -415,8 +421,6 @@ def _index(index: Index) -> Any:
 def _same_attribute(key: str, current: str | None, wanted: str) -> bool:
     if current is None:
         return False
-    if key == "Policy":
-        return bool(json.loads(current) == json.loads(wanted))
     if key == "RedrivePolicy":
         a, b = json.loads(current), json.loads(wanted)
         return bool(
