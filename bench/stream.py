@@ -116,9 +116,7 @@ async def child_worker(args: argparse.Namespace) -> dict[str, Any]:
             MessageBody=json.dumps({"media_id": args.media_id, "filename": "bench.mp4", "size": args.size}),
         )
         started = time.monotonic()
-        worker = await Worker.create(
-            stage, services, queue=DOWNLOAD_QUEUE, tuning=tuning, burst=True, install_signals=False
-        )
+        worker = await Worker.create(stage, services, queue=DOWNLOAD_QUEUE, tuning=tuning, burst=True)
         handled: list[float] = []
         original = stage.handle
 
