@@ -25,7 +25,12 @@ def clip_config(**overrides: Any) -> ClipsSettings:
 
 
 async def seed_episode(
-    fleet: Services, episode: str, source: Path | bytes | None, *, content_type: str = "video/mp4"
+    fleet: Services,
+    episode: str,
+    source: Path | bytes | None,
+    *,
+    content_type: str = "video/mp4",
+    tenant: str = TENANT,
 ) -> str:
     """Upload `source` (unless None: a missing source) and write the episode item pointing at it."""
     key = f"videos/{episode}/source.mp4"
@@ -34,7 +39,7 @@ async def seed_episode(
         await fleet.aws.s3.put_object(
             Bucket=fleet.settings.name_of(MEDIA), Key=key, Body=body, ContentType=content_type
         )
-    item = {"pk": f"{TENANT}#{episode}", "sk": "episode", "videoKey": key}
+    item = {"pk": f"{tenant}#{episode}", "sk": "episode", "videoKey": key}
     await fleet.aws.dynamodb.put_item(TableName=fleet.settings.name_of(CLIPS_TABLE), Item=to_item(item))
     return key
 
@@ -44,10 +49,10 @@ def segments(*spans: tuple[str, str]) -> list[dict[str, str]]:
 
 
 def begin_event(
-    episode: str, clips: list[dict[str, Any]] | None = None, *, event_id: str | None = None
+    episode: str, clips: list[dict[str, Any]] | None = None, *, event_id: str | None = None, tenant: str = TENANT
 ) -> dict[str, Any]:
     """The envelope an EventBridge rule delivers to SQS."""
-    detail: dict[str, Any] = {"tenantId": TENANT, "episodeId": episode}
+    detail: dict[str, Any] = {"tenantId": tenant, "episodeId": episode}
     if clips is not None:
         detail["clips"] = clips
     return {
@@ -77,9 +82,9 @@ async def run_clips(fleet: Services, config: ClipsSettings | None = None, **tuni
     )
 
 
-async def clip_item(fleet: Services, episode: str, clip: str) -> dict[str, Any]:
+async def clip_item(fleet: Services, episode: str, clip: str, tenant: str = TENANT) -> dict[str, Any]:
     store = ClipStore(fleet.aws.dynamodb, fleet.settings.name_of(CLIPS_TABLE))
-    item = await store.clip(TENANT, episode, clip)
+    item = await store.clip(tenant, episode, clip)
     assert item is not None, f"no item for clip {clip}"
     return item
 

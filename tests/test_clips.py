@@ -140,6 +140,34 @@ async def test_by_default_aligned_cuts_are_re_encoded_too(fleet: Services, media
     assert (await clip_item(fleet, episode, "c"))["renderMode"] == "reencode"
 
 
+async def test_a_clip_stored_for_another_tenant_is_never_overwritten(fleet: Services, media: Media) -> None:
+    # Given tenant acme's clip "c" of episode "ep-shared", generated (the output key names no tenant)
+    episode, media_bucket = "ep-shared", fleet.settings.name_of(MEDIA)
+    await seed_episode(fleet, episode, media.with_audio)
+    await put_on_queue(fleet, begin_event(episode, [{"clipId": "c", "segments": segments(("00:00:01", "00:00:02"))}]))
+    await run_clips(fleet)
+    ours = await clip_item(fleet, episode, "c")
+    stored = await fleet.aws.s3.head_object(Bucket=media_bucket, Key=ours["s3Key"])
+    assert stored["Metadata"]["tenant-id"] == TENANT
+
+    # When another tenant asks for a clip with the same episode and clip ids
+    other = "globex"
+    await seed_episode(fleet, episode, media.with_audio, tenant=other)
+    theirs = [{"clipId": "c", "segments": segments(("00:00:00", "00:00:03"))}]
+    await put_on_queue(fleet, begin_event(episode, theirs, tenant=other))
+    await run_clips(fleet)
+
+    # Then their clip ends Generation Failed with OUTPUT_CONFLICT, at once and with a clear message
+    item = await clip_item(fleet, episode, "c", tenant=other)
+    assert statuses(item) == [IN_PROGRESS, FAILED]
+    assert item["processingError"]["code"] == "OUTPUT_CONFLICT"
+    assert "another tenant" in item["processingError"]["message"]
+    # And acme's clip is untouched, in S3 and in its item
+    after = await fleet.aws.s3.head_object(Bucket=media_bucket, Key=ours["s3Key"])
+    assert after["ETag"] == stored["ETag"] and after["Metadata"]["tenant-id"] == TENANT
+    assert (await clip_item(fleet, episode, "c"))["status"] == ours["status"] == "Generation Complete"
+
+
 @pytest.mark.parametrize("kind", ["video_only", "audio_only"])
 async def test_a_clip_keeps_whatever_streams_its_source_has(
     fleet: Services,

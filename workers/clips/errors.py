@@ -8,6 +8,7 @@ FFMPEG_ERROR = "FFMPEG_ERROR"
 FFMPEG_TIMEOUT = "FFMPEG_TIMEOUT"
 SOURCE_NOT_FOUND = "SOURCE_NOT_FOUND"
 INVALID_SEGMENT = "INVALID_SEGMENT"
+OUTPUT_CONFLICT = "OUTPUT_CONFLICT"
 
 
 class ClipFailed(Fatal):
@@ -20,6 +21,12 @@ class InvalidSegment(ClipFailed):
 
 class SourceNotFound(ClipFailed):
     code = SOURCE_NOT_FOUND
+
+
+class OutputConflict(ClipFailed):
+    """The clip's key already holds another tenant's clip."""
+
+    code = OUTPUT_CONFLICT
 
 
 class FfmpegFailed(ClipFailed):

@@ -18,7 +18,7 @@ from shared.errors import error_code
 from workers.clips import command, process
 from workers.clips.binaries import Tools
 from workers.clips.config import ClipsSettings
-from workers.clips.errors import FfmpegFailed, FfmpegTransient, SourceNotFound
+from workers.clips.errors import FfmpegFailed, FfmpegTransient, OutputConflict, SourceNotFound
 from workers.clips.models import Span, check_within
 from workers.clips.probe import MediaInfo, ProbeError, Prober
 from workers.clips.timecode import hhmmss
@@ -26,6 +26,8 @@ from workers.clips.upload import StreamingUpload
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
+
+OWNER_METADATA = "tenant-id"  # the tenant a stored clip was rendered for (S3 user metadata)
 
 log = logging.getLogger("fleet.clips")
 
@@ -81,8 +83,11 @@ class Renderer:
         self.prober = Prober(tools.ffprobe, timeout=config.probe_timeout, request_size=request_size)
         self.encoding = command.Encoding(config.preset, config.crf, config.audio_bitrate)
 
-    async def render(self, video_key: str, spans: list[Span], output_key: str, on_progress: OnProgress) -> ClipResult:
+    async def render(
+        self, video_key: str, spans: list[Span], output_key: str, on_progress: OnProgress, *, owner: str
+    ) -> ClipResult:
         await self._require_source(video_key)
+        await self._require_ours(output_key, owner)
         url = await self._presign(video_key)
         cut_times = sorted({t / 1000 for s in spans for t in (s.start_ms, s.end_ms)})
         try:
@@ -109,7 +114,12 @@ class Renderer:
             self.bucket,
             output_key,
             part_size=self.config.part_size,
-            metadata={"render-mode": mode, "keyframe-aligned": str(aligned).lower(), "segments": str(len(spans))},
+            metadata={
+                "render-mode": mode,
+                "keyframe-aligned": str(aligned).lower(),
+                "segments": str(len(spans)),
+                OWNER_METADATA: owner,
+            },
         )
         started = time.monotonic()
         try:
@@ -213,6 +223,21 @@ class Renderer:
             if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
                 raise SourceNotFound(f"s3://{self.bucket}/{key} does not exist") from None
             raise
+
+    async def _require_ours(self, key: str, owner: str) -> None:
+        """The output key names no tenant (`<episodeId>/clips/<clipId>/clip.mp4`, as the contract fixes it), so
+        two tenants with the same episode and clip ids would share it: a clip stored for another tenant is never
+        overwritten. (A clip stored before owners were recorded carries none and may be replaced. Two tenants
+        rendering the same key at the same moment both pass this check: the later upload wins.)"""
+        try:
+            head = await self.s3.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return
+            raise
+        stored = head.get("Metadata", {}).get(OWNER_METADATA)
+        if stored is not None and stored != owner:
+            raise OutputConflict(f"s3://{self.bucket}/{key} holds another tenant's clip; it is not overwritten")
 
     async def _presign(self, key: str) -> str:
         return await self.s3.generate_presigned_url(

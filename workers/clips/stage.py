@@ -181,4 +181,5 @@ class ClipsStage:
             if not await self.store.renew(attempt, lease_seconds=lease, progress=int(fraction * 100)):
                 raise Retry("another attempt took this clip over", code="CLIP_SUPERSEDED")
 
-        return await self.renderer.render(job.videoKey, spans, output_key(job.episodeId, job.clipId), progress)
+        key = output_key(job.episodeId, job.clipId)
+        return await self.renderer.render(job.videoKey, spans, key, progress, owner=job.tenantId)
