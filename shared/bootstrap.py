@@ -148,9 +148,8 @@ class Bootstrapper:
         dlq_action = await self._ensure_queue(dlq, {"MessageRetentionPeriod": str(DLQ_RETENTION_SECONDS)})
         dlq_arn = await self._queue_arn(dlq)
         redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": spec.max_receive_count})
-        name = self.name(spec)
         action = await self._ensure_queue(
-            name,
+            self.name(spec),
             {
                 "VisibilityTimeout": str(self._visibility[spec.key]),
                 "RedrivePolicy": redrive,
@@ -165,9 +164,11 @@ class Bootstrapper:
         drops a rule's events without a word when the queue does not allow EventBridge; moto and LocalStack
         (by default) check neither: only real AWS would tell. True when the policy changed."""
         sqs = self.aws.sqs
-        url = (await sqs.get_queue_url(QueueName=self.name(queue)))["QueueUrl"]
-        attrs = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["Policy", "QueueArn"]))["Attributes"]
-        queue_arn = attrs["QueueArn"]
+        name = self.name(queue)
+        queue_arn = await self._queue_arn(name)
+        url = (await sqs.get_queue_url(QueueName=name))["QueueUrl"]
+        # (a queue without a policy answers with no Attributes at all)
+        attrs = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["Policy"])).get("Attributes", {})
         policy = json.loads(attrs.get("Policy") or "{}") or {"Version": "2012-10-17", "Statement": []}
         condition: dict[str, dict[str, str]] = {"ArnEquals": {"aws:SourceArn": source_arn}}
         if service == "s3.amazonaws.com":  # a bucket ARN names no account: S3's own confused-deputy guard

@@ -69,6 +69,10 @@ _TRANSIENT_CODES = frozenset(
 )
 
 
+# The codes S3 answers with for an object that is not there (HeadObject has no body: a bare 404).
+S3_NO_SUCH_KEY = frozenset({"NoSuchKey", "404", "NotFound"})
+
+
 def error_code(exc: BaseException) -> str:
     if isinstance(exc, ClientError):
         return str(exc.response.get("Error", {}).get("Code", ""))

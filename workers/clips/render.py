@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from shared.errors import error_code
+from shared.errors import S3_NO_SUCH_KEY, error_code
 from workers.clips import command, process
 from workers.clips.binaries import Tools
 from workers.clips.config import ClipsSettings
@@ -26,6 +26,7 @@ from workers.clips.upload import StreamingUpload
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
+    from types_aiobotocore_s3.type_defs import HeadObjectOutputTypeDef
 
 OWNER_METADATA = "tenant-id"  # the tenant a stored clip was rendered for (S3 user metadata)
 
@@ -216,25 +217,27 @@ class Renderer:
             raise FfmpegFailed(f"ffmpeg {exc.reason}: {tail or 'no message'}") from None
         return last[0].out_seconds if last and last[0].done and last[0].out_seconds > 0 else None
 
-    async def _require_source(self, key: str) -> None:
+    async def _head(self, key: str) -> HeadObjectOutputTypeDef | None:
+        """The object's HeadObject answer, or None when there is no such object."""
         try:
-            await self.s3.head_object(Bucket=self.bucket, Key=key)
+            return await self.s3.head_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
-            if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
-                raise SourceNotFound(f"s3://{self.bucket}/{key} does not exist") from None
+            if error_code(exc) in S3_NO_SUCH_KEY:
+                return None
             raise
+
+    async def _require_source(self, key: str) -> None:
+        if await self._head(key) is None:
+            raise SourceNotFound(f"s3://{self.bucket}/{key} does not exist")
 
     async def _require_ours(self, key: str, owner: str) -> None:
         """The output key names no tenant (`<episodeId>/clips/<clipId>/clip.mp4`, as the contract fixes it), so
         two tenants with the same episode and clip ids would share it: a clip stored for another tenant is never
         overwritten. (A clip stored before owners were recorded carries none and may be replaced. Two tenants
         rendering the same key at the same moment both pass this check: the later upload wins.)"""
-        try:
-            head = await self.s3.head_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
-                return
-            raise
+        head = await self._head(key)
+        if head is None:
+            return
         stored = head.get("Metadata", {}).get(OWNER_METADATA)
         if stored is not None and stored != owner:
             raise OutputConflict(f"s3://{self.bucket}/{key} holds another tenant's clip; it is not overwritten")

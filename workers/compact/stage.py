@@ -22,7 +22,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
-from shared.errors import Fatal, error_code, is_conditional_failure
+from shared.errors import S3_NO_SUCH_KEY, Fatal, error_code, is_conditional_failure
 from shared.idempotency import Idempotency
 from shared.jobs import now_iso
 from shared.metrics import Metric
@@ -55,7 +55,6 @@ from workers.ingest.store import COMPACTED, MANIFEST_COMPACTED, FilesTable, Item
 
 log = logging.getLogger("fleet.compact")
 
-NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 CHANGED = {"PreconditionFailed", "412"}
 
 
@@ -132,7 +131,7 @@ class CompactStage:
             async with resp["Body"] as body:
                 raw = await body.read()
         except ClientError as exc:
-            if error_code(exc) in NOT_FOUND:
+            if error_code(exc) in S3_NO_SUCH_KEY:
                 raise Fatal("manifest not found in the lake", code="MANIFEST_NOT_FOUND") from None
             raise
         try:
@@ -230,7 +229,7 @@ class CompactStage:
                 resp = await self.services.aws.s3.get_object(Bucket=file.bucket, Key=file.key, **extra)
             except ClientError as exc:
                 code = error_code(exc)
-                if code in NOT_FOUND:
+                if code in S3_NO_SUCH_KEY:
                     await asyncio.to_thread(spool.mark_missing, "object not found")
                     return
                 if code in CHANGED:

@@ -13,7 +13,7 @@ from typing import IO, TYPE_CHECKING, Any, cast
 from awscrt import checksums
 from botocore.exceptions import ClientError
 
-from shared.errors import error_code
+from shared.errors import S3_NO_SUCH_KEY, error_code
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("fleet.media_sync")
 
 READ_BACK_CHUNK = 8 * 1024 * 1024
-GONE = {"NoSuchUpload", "404", "NoSuchKey", "NotFound"}
+GONE = S3_NO_SUCH_KEY | {"NoSuchUpload"}
 
 
 class BufferBody(io.RawIOBase):
